@@ -1,0 +1,222 @@
+"""Checkpoint loading and saving with a report of every key that did not map.
+
+Reads: official X²-VLM ``.th`` files (``{'model': state_dict}``, text + fusion in one 18-layer BERT),
+our own safetensors checkpoints, bare state dicts, BEiT-2 release ``.pth`` and timm state dicts
+(vision encoder). Relative-position tables, patch embeddings and the temporal embedding are resized
+to the model's resolution / patch size / frame count.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_model
+from timm.layers import resample_patch_embed, resize_rel_pos_bias_table
+from torch import nn
+
+DERIVED_BUFFERS = ("relative_position_index", "position_ids", "k_bias")
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class LoadReport:
+    """What happened to every key: loaded, resized, missing, unexpected, shape-mismatched, derived."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    derived: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"checkpoint {self.source}: {len(self.loaded)} loaded, {len(self.resized)} resized, "
+                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                 f"{len(self.mismatched)} shape-mismatched, {len(self.derived)} derived buffers skipped"]
+        for name in ("missing", "unexpected", "mismatched", "resized"):
+            for key in getattr(self, name):
+                lines.append(f"  {name}: {key}")
+        return "\n".join(lines)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file/key."""
+
+
+# ---------------------------------------------------------------------------------------- reading
+def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file or folder; unwraps ``{'model': ...}`` / ``{'module': ...}``.
+
+    ``torch.load`` runs with ``weights_only=True`` unless ``trusted`` (only for files you trust:
+    a pickle can run code)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (WEIGHTS_NAME, "pytorch_model.bin"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"no {WEIGHTS_NAME} or pytorch_model.bin in folder {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain containers, so it was not unpickled "
+            f"(weights_only=True). If you trust this file, load it with trusted=True. Detail: {e}") from e
+    except Exception as e:  # corrupt or truncated files
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    for key in ("model", "module", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+# ------------------------------------------------------------------------------- official layout
+_TEXT_LAYER = re.compile(r"^text_encoder\.(?:bert|roberta)\.encoder\.layer\.(\d+)\.(.*)$")
+
+
+def official_key(key: str, num_text_layers: int) -> str:
+    """Our name for an official X²-VLM key (identity for keys that already match ours)."""
+    m = _TEXT_LAYER.match(key)
+    if m:
+        i, rest = int(m.group(1)), m.group(2)
+        if i < num_text_layers:
+            return f"text_encoder.encoder.layer.{i}.{rest}"
+        return f"fusion.layer.{i - num_text_layers}.{rest}"
+    if key.startswith("cross_encoder.encoder.layer."):
+        return "fusion.layer." + key[len("cross_encoder.encoder.layer."):]
+    for prefix in ("text_encoder.bert.", "text_encoder.roberta."):
+        if key.startswith(prefix):
+            return "text_encoder." + key[len(prefix):]
+    if key.startswith("text_encoder.cls."):
+        return "mlm_head." + key[len("text_encoder.cls."):]
+    return key
+
+
+def to_our_layout(state: dict[str, torch.Tensor], num_text_layers: int) -> dict[str, torch.Tensor]:
+    return {official_key(k, num_text_layers): v for k, v in state.items()}
+
+
+# ------------------------------------------------------------------------------------- resizing
+def _fit_vision_tensor(key: str, value: torch.Tensor, target: torch.Tensor, encoder: nn.Module,
+                       prefix: str) -> torch.Tensor | None:
+    """Resize a vision tensor to the model's shape where that is meaningful, else None."""
+    if key.endswith("relative_position_bias_table"):
+        module = encoder.get_submodule(key[len(prefix):-len(".relative_position_bias_table")])
+        return resize_rel_pos_bias_table(value, new_window_size=module.window_size, new_bias_shape=target.shape)
+    if key.endswith("patch_embed.proj.weight") and value.shape[:2] == target.shape[:2]:
+        return resample_patch_embed(value, list(target.shape[-2:]))
+    return None
+
+
+def _fit_frame_embed(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    if value.ndim != 4 or value.shape[::2] != target.shape[::2] or value.shape[-1] != target.shape[-1]:
+        return None
+    out = target.detach().clone()
+    n = min(value.shape[1], target.shape[1])
+    out[:, :n] = value[:, :n]
+    return out
+
+
+def _alias_groups(model: nn.Module) -> dict[str, set[str]]:
+    """Keys of the state dict that share storage (tied weights) with each other."""
+    by_ptr: dict[tuple[int, tuple], set[str]] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        by_ptr.setdefault((v.data_ptr(), tuple(v.shape)), set()).add(k)
+    return {k: group for group in by_ptr.values() for k in group}
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                    vision_prefix: str = "vision_encoder.", strict: bool = False) -> LoadReport:
+    """Copy ``state`` (already in our key layout) into ``model``, resizing where meaningful."""
+    report = LoadReport(source=source)
+    own = model.state_dict()
+    aliases = _alias_groups(model)
+    vision = model.get_submodule(vision_prefix[:-1]) if vision_prefix else model
+    to_load: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.split(".")[-1] in DERIVED_BUFFERS:
+            report.derived.append(key)
+            continue
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        target = own[key]
+        if value.shape != target.shape:
+            fitted = None
+            if key.startswith(vision_prefix):
+                fitted = _fit_vision_tensor(key, value, target, vision, vision_prefix)
+            elif key.endswith("absolute_frame_pos_embed"):
+                fitted = _fit_frame_embed(value, target)
+            if fitted is None or fitted.shape != target.shape:
+                report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+                continue
+            report.resized.append(f"{key}: {tuple(value.shape)} -> {tuple(target.shape)}")
+            value = fitted
+        to_load[key] = value.to(target.dtype)
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    covered = set(to_load)
+    for key in own:
+        if key.split(".")[-1] in DERIVED_BUFFERS:
+            continue
+        if not (aliases.get(key, {key}) & covered):
+            report.missing.append(key)
+    if strict and not report.ok:
+        raise CheckpointError(str(report))
+    return report
+
+
+# ------------------------------------------------------------------------------------ entry points
+def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = False,
+                          trusted: bool = False) -> LoadReport:
+    """Load an official X²-VLM checkpoint, one of ours, or a bare state dict into an X2VLM."""
+    state = read_state_dict(path, trusted=trusted)
+    num_text = len(model.text_encoder.encoder.layer)
+    return load_state_into(model, to_our_layout(state, num_text), str(path), strict=strict)
+
+
+def beit2_to_timm(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """BEiT-2 release layout → per-block layout: expand a shared ``rel_pos_bias`` table, drop the head."""
+    out = {k: v for k, v in state.items() if not k.startswith("head.")}
+    shared = out.pop("rel_pos_bias.relative_position_bias_table", None)
+    if shared is not None:
+        for i in range(depth):
+            out.setdefault(f"blocks.{i}.attn.relative_position_bias_table", shared.clone())
+    out.pop("rel_pos_bias.relative_position_index", None)
+    return out
+
+
+def load_vision_weights(encoder: nn.Module, path: str | os.PathLike, trusted: bool = False) -> LoadReport:
+    """Initialise the vision encoder from a BEiT-2 release ``.pth`` or a timm BEiT state dict."""
+    state = read_state_dict(path, trusted=trusted)
+    if any(k.startswith("vision_encoder.") for k in state):
+        state = {k[len("vision_encoder."):]: v for k, v in state.items() if k.startswith("vision_encoder.")}
+    state = beit2_to_timm(state, len(encoder.blocks))
+    return load_state_into(encoder, state, str(path), vision_prefix="")
+
+
+def save_checkpoint_weights(model: nn.Module, output_dir: str | os.PathLike) -> Path:
+    """Write the model's weights as ``model.safetensors`` (tied weights stored once), atomically."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / WEIGHTS_NAME
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,127 @@
+"""Fusion encoder: BERT-shaped layers of self-attention, cross-attention (text → vision) and FFN.
+
+Parameter names follow a BERT layer with ``crossattention`` (as the official fusion layers
+``text_encoder.bert.encoder.layer.{12..17}``), so those weights load one-to-one.
+All attention runs through ``torch.nn.functional.scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.activations import ACT2FN
+
+
+def attention_mask(key_mask: torch.Tensor | None, query_len: int, causal: bool = False) -> torch.Tensor | None:
+    """Boolean SDPA mask ``(B, 1, Lq, Lk)`` (True = attend) from a ``(B, Lk)`` 0/1 key mask."""
+    if key_mask is None and not causal:
+        return None
+    mask = None
+    if key_mask is not None:
+        mask = key_mask.bool()[:, None, None, :]
+    if causal:
+        lk = key_mask.shape[1] if key_mask is not None else query_len
+        tri = torch.ones(query_len, lk, dtype=torch.bool, device=mask.device if mask is not None else None).tril()
+        mask = tri[None, None] if mask is None else mask & tri[None, None]
+    return mask
+
+
+class _SelfProjections(nn.Module):
+    def __init__(self, hidden: int, kv_width: int):
+        super().__init__()
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(kv_width, hidden)
+        self.value = nn.Linear(kv_width, hidden)
+
+
+class _Output(nn.Module):
+    """Dense → dropout → residual → LayerNorm (BERT's post-LN block ending)."""
+
+    def __init__(self, in_width: int, hidden: int, eps: float, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(in_width, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with BERT names (``self.query/key/value``, ``output.dense/LayerNorm``)."""
+
+    def __init__(self, hidden: int, heads: int, kv_width: int, eps: float, dropout: float, attn_dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not a multiple of {heads} heads")
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.self = _SelfProjections(hidden, kv_width)
+        self.output = _Output(hidden, hidden, eps, dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = self._split(self.self.query(x))
+        k = self._split(self.self.key(context))
+        v = self._split(self.self.value(context))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        out = out.transpose(1, 2).flatten(2)
+        return self.output(out, x)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, hidden: int, inner: int, act: str):
+        super().__init__()
+        self.dense = nn.Linear(hidden, inner)
+        self.act = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class FusionLayer(nn.Module):
+    """Text self-attention → cross-attention over vision tokens → feed-forward."""
+
+    def __init__(self, hidden: int, heads: int, inner: int, vision_width: int, eps: float = 1e-12,
+                 dropout: float = 0.1, attn_dropout: float = 0.1, act: str = "gelu"):
+        super().__init__()
+        self.attention = Attention(hidden, heads, hidden, eps, dropout, attn_dropout)
+        self.crossattention = Attention(hidden, heads, vision_width, eps, dropout, attn_dropout)
+        self.intermediate = _Intermediate(hidden, inner, act)
+        self.output = _Output(inner, hidden, eps, dropout)
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor | None, vision: torch.Tensor,
+                vision_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(text, text, text_mask)
+        x = self.crossattention(x, vision, vision_mask)
+        return self.output(self.intermediate(x), x)
+
+
+class FusionEncoder(nn.Module):
+    """A stack of :class:`FusionLayer` (``layer.{i}``); sizes follow the text encoder's config."""
+
+    def __init__(self, num_layers: int, hidden: int, heads: int, inner: int, vision_width: int,
+                 eps: float = 1e-12, dropout: float = 0.1, attn_dropout: float = 0.1, act: str = "gelu"):
+        super().__init__()
+        self.layer = nn.ModuleList([
+            FusionLayer(hidden, heads, inner, vision_width, eps, dropout, attn_dropout, act)
+            for _ in range(num_layers)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, text: torch.Tensor, text_atts: torch.Tensor | None, vision: torch.Tensor,
+                vision_atts: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+        """``text`` (B, Lt, H) attends to itself (causally if asked) and to ``vision`` (B, Lv, Dv)."""
+        text_mask = attention_mask(text_atts, text.shape[1], causal)
+        vision_mask = attention_mask(vision_atts, text.shape[1])
+        for layer in self.layer:
+            if self.grad_checkpointing and self.training:
+                text = checkpoint(layer, text, text_mask, vision, vision_mask, use_reentrant=False)
+            else:
+                text = layer(text, text_mask, vision, vision_mask)
+        return text

@@ -1,0 +1,123 @@
+"""X²-VLM pretraining losses (paper §III-C): ITC, ITM with hard negatives, MLM, bbox (L1 + GIoU)."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather as _all_gather_with_grad
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0; gradients flow back to each rank's own slice
+    summed over all ranks' losses (so DDP's gradient average equals the single-process gradient)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return torch.cat(_all_gather_with_grad(x.contiguous()), dim=0)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+             ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch (features gathered from every rank, with gradient).
+
+    ``ids`` ``(N,)``: pairs with equal id are all positives (duplicate images are not negatives);
+    the target is uniform over a row's positives. Without ids, the diagonal is the positive.
+    """
+    image_all = gather_with_grad(image_feat)
+    text_all = gather_with_grad(text_feat)
+    logits = image_all @ text_all.t() / temp
+    if ids is None:
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    ids_all = gather_no_grad(ids.view(-1))
+    pos = (ids_all[:, None] == ids_all[None, :]).to(logits.dtype)
+    target = pos / pos.sum(1, keepdim=True)
+    loss_i2t = -(F.log_softmax(logits, dim=1) * target).sum(1).mean()
+    loss_t2i = -(F.log_softmax(logits.t(), dim=1) * target).sum(1).mean()
+    return (loss_i2t + loss_t2i) / 2
+
+
+@torch.no_grad()
+def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+                          ids: torch.Tensor | None = None, generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per concept a negative text and per text a negative concept, drawn ∝ softmax(similarity).
+
+    Pairs with the same id (or the pair itself) are never drawn. Vectorised (one multinomial per
+    direction, no host sync). Returns ``(neg_image_for_text, valid_t, neg_text_for_image, valid_i)``:
+    rows with no admissible negative (every item shares their id) get ``valid = False``.
+    """
+    n = image_feat.shape[0]
+    sim = (image_feat.float() @ text_feat.float().t()) / temp.float()
+    same = torch.eye(n, dtype=torch.bool, device=sim.device) if ids is None else ids.view(-1, 1) == ids.view(1, -1)
+
+    def draw(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = (F.softmax(scores, dim=1) + 1e-5).masked_fill(same, 0.0)
+        valid = weights.sum(1) > 0
+        weights = torch.where(valid[:, None], weights, torch.ones_like(weights))
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1), valid
+
+    neg_text, valid_i = draw(sim)
+    neg_image, valid_t = draw(sim.t())
+    return neg_image, valid_t, neg_text, valid_i
+
+
+def itm_labels(n: int, valid_t: torch.Tensor, valid_i: torch.Tensor) -> torch.Tensor:
+    """Labels for logits ordered [positives (n), text+negative concept (n), concept+negative text (n)];
+    negatives without an admissible sample are ignored (-100)."""
+    pos = torch.ones(n, dtype=torch.long, device=valid_t.device)
+    neg_t = torch.where(valid_t, 0, -100)
+    neg_i = torch.where(valid_i, 0, -100)
+    return torch.cat([pos, neg_t, neg_i])
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over masked positions; ``labels`` -100 where nothing is predicted."""
+    if (labels != -100).sum() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def paired_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Generalised IoU of matching rows of two ``(N, 4)`` xyxy box sets."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp_min(0) * (boxes1[:, 3] - boxes1[:, 1]).clamp_min(0)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp_min(0) * (boxes2[:, 3] - boxes2[:, 1]).clamp_min(0)
+    lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    union = area1 + area2 - inter
+    iou = inter / (union + eps)
+    enc_lt = torch.minimum(boxes1[:, :2], boxes2[:, :2])
+    enc_rb = torch.maximum(boxes1[:, 2:], boxes2[:, 2:])
+    enclosing = (enc_rb - enc_lt).clamp_min(0).prod(-1)
+    return iou - (enclosing - union) / (enclosing + eps)
+
+
+def bbox_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, GIoU) losses of ``(N, 4)`` normalised (cx, cy, w, h) boxes, averaged over boxes with weight 1.
+
+    ``weight`` ``(N,)`` selects which rows count (e.g. regions, not whole-image captions).
+    """
+    pred, target = pred.float(), target.float()
+    w = torch.ones(pred.shape[0], device=pred.device) if weight is None else weight.float()
+    num = w.sum().clamp_min(1.0)
+    l1 = (F.l1_loss(pred, target, reduction="none").sum(1) * w).sum() / num
+    giou = ((1 - paired_giou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))) * w).sum() / num
+    return l1, giou

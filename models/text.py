@@ -1,0 +1,46 @@
+"""Text encoder through ``transformers.AutoModel`` (BERT, RoBERTa, XLM-R, ...) and its tokenizer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertTokenizerFast, PretrainedConfig
+
+
+def text_config(text_cfg: dict) -> PretrainedConfig:
+    """The transformers config of the text encoder: from ``name_or_path`` (a local folder) or built from ``config``."""
+    path = text_cfg.get("name_or_path")
+    fields = dict(text_cfg.get("config") or {})
+    if path:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model.text.name_or_path: '{path}' is not a local folder with a config.json")
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        for key, value in fields.items():
+            setattr(cfg, key, value)
+        return cfg
+    model_type = fields.pop("model_type", "bert")
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def build_text_encoder(text_cfg: dict, load_weights: bool = True) -> nn.Module:
+    """Text encoder without pooler, SDPA attention; weights from ``name_or_path`` when given and asked for."""
+    cfg = text_config(text_cfg)
+    cfg._attn_implementation = "sdpa"
+    path = text_cfg.get("name_or_path")
+    if path and load_weights:
+        return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False, local_files_only=True,
+                                         attn_implementation="sdpa")
+    return AutoModel.from_config(cfg, add_pooling_layer=False, attn_implementation="sdpa")
+
+
+def build_tokenizer(text_cfg: dict):
+    """Tokenizer from ``tokenizer`` (a folder or a WordPiece ``vocab.txt``) or else ``name_or_path``."""
+    source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
+    if not source:
+        raise ValueError("no tokenizer: set model.text.tokenizer (folder or vocab.txt) or model.text.name_or_path")
+    source = Path(source)
+    if source.is_file():
+        return BertTokenizerFast(vocab_file=str(source), do_lower_case=True)
+    if not source.is_dir():
+        raise FileNotFoundError(f"tokenizer '{source}' is neither a vocab file nor a local folder")
+    return AutoTokenizer.from_pretrained(str(source), local_files_only=True)

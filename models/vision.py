@@ -1,0 +1,88 @@
+"""BEiT-2 vision encoder (timm blocks) and the multi-grained visual concepts built from one vision pass."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.beit import Beit
+from torch import nn
+
+
+class BEiT2VisionEncoder(Beit):
+    """BEiT-2 ViT as X²-VLM uses it: relative position bias per block, layer scale, no absolute positions.
+
+    The transformer's own [CLS] token is dropped after the last block; the patch tokens go through
+    ``fc_norm`` and the concept's [CLS] is their mean. Output: ``(B, 1 + num_patches, width)``.
+    Parameter names equal the official ``vision_encoder.*`` keys (timm and the official code agree).
+    """
+
+    def __init__(self, image_res: int = 224, patch_size: int = 16, width: int = 768, depth: int = 12,
+                 heads: int = 12, mlp_ratio: float = 4.0, init_values: float = 0.1, drop_path: float = 0.1):
+        super().__init__(
+            img_size=image_res, patch_size=patch_size, num_classes=0, global_pool="avg",
+            embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=True,
+            drop_path_rate=drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=init_values,
+            use_abs_pos_emb=False, use_rel_pos_bias=True, use_shared_rel_pos_bias=False, use_fc_norm=True,
+        )
+        self.width = width
+        self.grid_size = self.patch_embed.grid_size[0]
+        if self.patch_embed.grid_size[0] != self.patch_embed.grid_size[1]:
+            raise ValueError("only square inputs are supported")
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size * self.grid_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Images ``(B, 3, H, W)`` → tokens ``(B, 1 + P, D)``: [mean of patches, patches]."""
+        patches = self.fc_norm(self.forward_features(images)[:, 1:])
+        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+
+
+def box_patch_mask(boxes: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Patch mask of normalised ``(cx, cy, w, h)`` boxes on a ``grid_size``² patch grid.
+
+    Returns ``(N, 1 + grid_size²)`` long tensor: position 0 ([CLS]) is always 1, then each patch
+    that the box touches (row-major). A box smaller than a patch still selects the patch it lies in;
+    coordinates are clamped to the image. Same rule as the official data pipeline.
+    """
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4) as (cx, cy, w, h), got {tuple(boxes.shape)}")
+    boxes = boxes.float()
+    eps = 1e-6
+    x0 = (boxes[:, 0] - boxes[:, 2] / 2) * grid_size
+    y0 = (boxes[:, 1] - boxes[:, 3] / 2) * grid_size
+    x1 = (boxes[:, 0] + boxes[:, 2] / 2) * grid_size
+    y1 = (boxes[:, 1] + boxes[:, 3] / 2) * grid_size
+
+    def span(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start = torch.floor(lo + eps).clamp(0, grid_size - 1)
+        stop = torch.ceil(hi - eps).clamp(max=grid_size)
+        stop = torch.maximum(stop, start + 1)
+        return start, stop
+
+    xs, xe = span(x0, x1)
+    ys, ye = span(y0, y1)
+    idx = torch.arange(grid_size, device=boxes.device, dtype=boxes.dtype)
+    in_x = (idx[None, :] >= xs[:, None]) & (idx[None, :] < xe[:, None])  # (N, G) columns
+    in_y = (idx[None, :] >= ys[:, None]) & (idx[None, :] < ye[:, None])  # (N, G) rows
+    patches = (in_y[:, :, None] & in_x[:, None, :]).flatten(1)
+    cls = torch.ones(boxes.shape[0], 1, dtype=torch.bool, device=boxes.device)
+    return torch.cat([cls, patches], dim=1).long()
+
+
+def region_concepts(image_embeds: torch.Tensor, patch_mask: torch.Tensor,
+                    image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual concepts of boxes from the whole-image tokens (no second vision pass).
+
+    ``image_embeds`` ``(B, 1+P, D)``; ``patch_mask`` ``(N, 1+P)`` from :func:`box_patch_mask`;
+    ``image_index`` ``(N,)`` picks the image of each box (default: box i ↔ image i).
+    Returns ``(N, 1+P, D)`` tokens whose [CLS] is the mean of the patches inside the box, and the mask.
+    """
+    if image_index is not None:
+        image_embeds = image_embeds.index_select(0, image_index)
+    if image_embeds.shape[0] != patch_mask.shape[0]:
+        raise ValueError(f"{patch_mask.shape[0]} boxes for {image_embeds.shape[0]} images: pass image_index")
+    weights = patch_mask[:, 1:, None].to(image_embeds.dtype)
+    cls = (weights * image_embeds[:, 1:]).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+    return torch.cat([cls, image_embeds[:, 1:]], dim=1), patch_mask

@@ -1,0 +1,258 @@
+"""X²-VLM: BEiT-2 vision encoder, text encoder, cross-attention fusion, and the pretraining heads.
+
+Pretraining batch (all tensors; N texts, B images, optional Bv videos):
+
+``images`` (B, 3, H, W); ``videos`` (Bv, T, 3, H, W) optional;
+``text_ids``/``text_atts`` (N, L); ``image_index`` (N,) — the visual concept of text i lives in
+image/video ``image_index[i]`` of the pool ``[images..., videos...]`` (default: i);
+``boxes`` (N, 4) normalised (cx, cy, w, h) and ``is_region`` (N,) bool — rows that describe a box
+(their concept is the box's patches, and they get the bbox loss); ``ids`` (N,) optional ITC ids
+(equal id = positive pair); ``mlm_ids`` (N, L) masked input, ``mlm_positions`` (N, M),
+``mlm_labels`` (N, M) with -100 padding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import losses as L
+from models.fusion import FusionEncoder
+from models.heads import MLMHead, build_mlp
+from models.text import build_text_encoder
+from models.vision import BEiT2VisionEncoder, box_patch_mask, region_concepts
+
+
+def _model_section(cfg: dict) -> dict:
+    return cfg["model"] if "model" in cfg and isinstance(cfg["model"], dict) else cfg
+
+
+class X2VLM(nn.Module):
+    """The X²-VLM model. Build with :meth:`from_config`; load weights with :meth:`load_checkpoint`."""
+
+    def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
+        super().__init__()
+        self.cfg = model_cfg
+        self.loss_cfg = dict(loss_cfg or {"itc": True, "itm": True, "mlm": True, "bbox": True})
+        v = model_cfg["vision"]
+        self.vision_encoder = BEiT2VisionEncoder(
+            image_res=model_cfg["image_res"], patch_size=model_cfg["patch_size"], width=v["width"],
+            depth=v["depth"], heads=v["heads"], mlp_ratio=v["mlp_ratio"], init_values=v["init_values"],
+            drop_path=v["drop_path"])
+        self.text_encoder = build_text_encoder(model_cfg["text"], load_weights=load_text_weights)
+        tc = self.text_encoder.config
+        self.text_width = tc.hidden_size
+        self.vision_width = v["width"]
+        self.fusion = FusionEncoder(
+            num_layers=model_cfg["fusion"]["layers"], hidden=tc.hidden_size, heads=tc.num_attention_heads,
+            inner=tc.intermediate_size, vision_width=self.vision_width, eps=tc.layer_norm_eps,
+            dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+        self.mlm_head = MLMHead(tc.hidden_size, tc.vocab_size, act=tc.hidden_act, eps=tc.layer_norm_eps)
+        self.mlm_head.tie_to(self.text_encoder.get_input_embeddings())
+        self.vision_proj = nn.Linear(self.vision_width, model_cfg["embed_dim"])
+        self.text_proj = nn.Linear(self.text_width, model_cfg["embed_dim"])
+        self.temp = nn.Parameter(torch.tensor(float(model_cfg["temp"])))
+        self.itm_head = build_mlp(self.text_width, 2)
+        self.bbox_head = build_mlp(self.text_width, 4)
+        if model_cfg.get("max_frames", 0) > 0:
+            self.absolute_frame_pos_embed = nn.Parameter(
+                torch.zeros(1, model_cfg["max_frames"], 1, self.vision_width))
+            nn.init.trunc_normal_(self.absolute_frame_pos_embed, std=0.02)
+        else:
+            self.absolute_frame_pos_embed = None
+        self._init_new_modules()
+        if model_cfg.get("grad_checkpointing"):
+            self.set_grad_checkpointing(True)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: dict, load_weights: bool = True) -> "X2VLM":
+        """Build from the full config (``model`` + ``loss`` sections) or the model section alone.
+
+        With ``load_weights``: HF text weights from ``model.text.name_or_path``, BEiT-2 weights from
+        ``model.vision.checkpoint``, then a full checkpoint from ``model.checkpoint``.
+        """
+        model_cfg = _model_section(cfg)
+        model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
+        if load_weights:
+            from models.checkpoint import load_vision_weights
+            if model_cfg["vision"].get("checkpoint"):
+                model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"])
+            if model_cfg["text"].get("name_or_path") and model_cfg["fusion"].get("init_from_text", True):
+                model.init_fusion_from_text()
+            if model_cfg.get("checkpoint"):
+                model.load_report = model.load_checkpoint(model_cfg["checkpoint"])
+        return model
+
+    def _init_new_modules(self) -> None:
+        def init(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for module in (self.fusion, self.vision_proj, self.text_proj, self.itm_head, self.bbox_head,
+                       self.mlm_head.predictions.transform):
+            module.apply(init)
+        nn.init.zeros_(self.mlm_head.predictions.bias)
+
+    def init_fusion_from_text(self) -> list[str]:
+        """Copy the top text layers' self-attention and FFN into the fusion layers (the official init:
+        fusion layer i ← text layer ``n_text - n_fusion + i``). Returns the copied layer pairs."""
+        text_layers = self.text_encoder.encoder.layer
+        fusion_layers = self.fusion.layer
+        offset = len(text_layers) - len(fusion_layers)
+        copied = []
+        for i, fl in enumerate(fusion_layers):
+            src = text_layers[offset + i].state_dict()
+            own = fl.state_dict()
+            shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+            fl.load_state_dict(shared, strict=False)
+            copied.append(f"text layer {offset + i} -> fusion layer {i}")
+        return copied
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vision_encoder.set_grad_checkpointing(enable)
+        if enable:
+            self.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.text_encoder.gradient_checkpointing_disable()
+        self.fusion.grad_checkpointing = enable
+
+    def load_checkpoint(self, path: str | Path, strict: bool = False):
+        """Load an official X²-VLM ``.th``, our own checkpoint, or a bare state dict; return the key report."""
+        from models.checkpoint import load_model_checkpoint
+        return load_model_checkpoint(self, path, strict=strict)
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        self.temp.clamp_(self.cfg["temp_min"], self.cfg["temp_max"])
+
+    # ------------------------------------------------------------------ encoders
+    @property
+    def grid_size(self) -> int:
+        return self.vision_encoder.grid_size
+
+    def encode_image(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
+                     image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One vision pass. Without boxes: whole-image tokens ``(B, 1+P, D)`` and all-ones mask.
+        With ``boxes`` (N, 4) normalised (cx, cy, w, h): the boxes' concepts ``(N, 1+P, D)`` and their
+        patch masks; ``image_index`` (N,) names each box's image (default: box i in image i)."""
+        embeds = self.vision_encoder(images)
+        if boxes is None:
+            return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return region_concepts(embeds, box_patch_mask(boxes, self.grid_size), image_index)
+
+    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``(B, T, 3, H, W)`` → encoded separately, temporal embedding added, mean over time."""
+        if frames.ndim != 5:
+            raise ValueError(f"video frames must be (B, T, C, H, W), got {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        embeds = self.vision_encoder(frames.flatten(0, 1)).unflatten(0, (b, t))
+        if self.absolute_frame_pos_embed is not None:
+            if t > self.absolute_frame_pos_embed.shape[1]:
+                raise ValueError(f"{t} frames but model.max_frames is {self.absolute_frame_pos_embed.shape[1]}")
+            embeds = embeds + self.absolute_frame_pos_embed[:, :t]
+        embeds = embeds.mean(dim=1)
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+    def encode_text(self, ids: torch.Tensor, atts: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids=ids, attention_mask=atts).last_hidden_state
+
+    def fuse(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None, text_embeds: torch.Tensor,
+             text_atts: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+        """Fusion output ``(B, Lt, H)``: text queries attend to the visual concept's tokens."""
+        return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal)
+
+    def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+    def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+
+    def itm_logits(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None,
+                   text_embeds: torch.Tensor, text_atts: torch.Tensor | None) -> torch.Tensor:
+        """Match / no-match logits ``(B, 2)`` (index 1 = match)."""
+        return self.itm_head(self.fuse(image_embeds, image_atts, text_embeds, text_atts)[:, 0])
+
+    def predict_boxes(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                      text_atts: torch.Tensor | None) -> torch.Tensor:
+        """Box ``(B, 4)`` normalised (cx, cy, w, h) of the text's referent, from whole-image tokens."""
+        return self.bbox_head(self.fuse(image_embeds, None, text_embeds, text_atts)[:, 0]).sigmoid()
+
+    def mlm_logits(self, fused: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits ``(B, M, V)`` at ``positions`` (B, M) of the fusion output."""
+        picked = torch.gather(fused, 1, positions[..., None].expand(-1, -1, fused.shape[-1]))
+        return self.mlm_head(picked)
+
+    # ------------------------------------------------------------------ pretraining
+    def visual_concepts(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concept tokens and masks of every text, plus the whole-image tokens, from one vision pass."""
+        pool = []
+        if batch.get("images") is not None:
+            pool.append(self.vision_encoder(batch["images"]))
+        if batch.get("videos") is not None:
+            pool.append(self.encode_video(batch["videos"])[0])
+        full = torch.cat(pool, dim=0)
+        n = batch["text_ids"].shape[0]
+        index = batch.get("image_index")
+        if index is None:
+            index = torch.arange(n, device=full.device)
+        full = full.index_select(0, index)
+        boxes = batch.get("boxes")
+        if boxes is None:
+            return full, torch.ones(full.shape[:2], dtype=torch.long, device=full.device), full
+        mask = box_patch_mask(boxes, self.grid_size)
+        is_region = batch.get("is_region")
+        if is_region is not None:
+            mask = torch.where(is_region[:, None].bool(), mask, torch.ones_like(mask))
+        concepts, mask = region_concepts(full, mask)
+        return concepts, mask, full
+
+    def forward_pretrain(self, batch: dict[str, Any], generator: torch.Generator | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """Losses of one pretraining batch (see the module docstring); ``loss`` is their sum."""
+        cfg = self.loss_cfg
+        concepts, concept_atts, full = self.visual_concepts(batch)
+        text_ids, text_atts = batch["text_ids"], batch["text_atts"]
+        text_embeds = self.encode_text(text_ids, text_atts)
+        out: dict[str, torch.Tensor] = {}
+        ids = batch.get("ids")
+        if cfg.get("itc", True) or cfg.get("itm", True):
+            image_feat = self.image_features(concepts)
+            text_feat = self.text_features(text_embeds)
+        if cfg.get("itc", True):
+            out["loss_itc"] = L.itc_loss(image_feat, text_feat, self.temp, ids)
+        if cfg.get("itm", True):
+            out["loss_itm"] = self._itm_loss(concepts, concept_atts, image_feat, text_embeds, text_atts,
+                                             text_feat, ids, generator)
+        if cfg.get("mlm", True) and batch.get("mlm_ids") is not None:
+            masked = self.encode_text(batch["mlm_ids"], text_atts)
+            fused = self.fuse(concepts, concept_atts, masked, text_atts)
+            out["loss_mlm"] = L.mlm_loss(self.mlm_logits(fused, batch["mlm_positions"]), batch["mlm_labels"])
+        if cfg.get("bbox", True) and batch.get("boxes") is not None:
+            pred = self.predict_boxes(full, text_embeds, text_atts)
+            weight = batch.get("is_region")
+            out["loss_bbox"], out["loss_giou"] = L.bbox_loss(pred, batch["boxes"], weight)
+        out["loss"] = sum(out.values()) if out else torch.zeros((), device=text_ids.device)
+        return out
+
+    def _itm_loss(self, concepts, concept_atts, image_feat, text_embeds, text_atts, text_feat, ids, generator):
+        n = concepts.shape[0]
+        neg_image, valid_t, neg_text, valid_i = L.sample_hard_negatives(image_feat, text_feat, self.temp, ids,
+                                                                        generator)
+        vision = torch.cat([concepts, concepts.index_select(0, neg_image), concepts])
+        vision_atts = torch.cat([concept_atts, concept_atts.index_select(0, neg_image), concept_atts])
+        text = torch.cat([text_embeds, text_embeds, text_embeds.index_select(0, neg_text)])
+        t_atts = torch.cat([text_atts, text_atts, text_atts.index_select(0, neg_text)])
+        logits = self.itm_logits(vision, vision_atts, text, t_atts)
+        return L.itm_loss(logits, L.itm_labels(n, valid_t, valid_i))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
+        """Pretraining losses (see :meth:`forward_pretrain`)."""
+        return self.forward_pretrain(batch)

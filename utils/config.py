@@ -1,0 +1,148 @@
+"""YAML configuration: defaults, `base:` inheritance, `--override key.sub=value`, strict key checking."""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_PATH = REPO_ROOT / "configs" / "defaults.yaml"
+RESOLVED_NAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the key or file."""
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _merge(dst: dict, src: dict) -> dict:
+    """Recursively merge ``src`` into a copy of ``dst`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dst)
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loop through {path}")
+    data = _read_yaml(path)
+    bases = data.pop("base", []) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    for base in bases:
+        merged = _merge(merged, _load_with_bases(path.parent / base, seen + (path,)))
+    return _merge(merged, data)
+
+
+def _check_keys(cfg: dict, schema: dict, prefix: str = "", source: str = "config") -> None:
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema)) or "(none)"
+            raise ConfigError(f"unknown config key '{dotted}' in {source}; known keys here: {known}")
+        expected = schema[key]
+        if isinstance(expected, dict) and expected:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' in {source} must be a mapping, got {type(value).__name__}")
+            _check_keys(value, expected, dotted + ".", source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a","b","c"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {e}") from e
+    return parts, value
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str], schema: dict | None = None) -> dict:
+    """Return a copy of ``cfg`` with each ``key.sub=value`` override applied (keys checked against ``schema``)."""
+    out = copy.deepcopy(cfg)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node, spec = out, schema
+        for i, part in enumerate(parts):
+            dotted = ".".join(parts[: i + 1])
+            if spec is not None and spec != {} and part not in spec:
+                raise ConfigError(f"unknown config key '{dotted}' in --override {text}")
+            last = i == len(parts) - 1
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+                spec = spec.get(part) if isinstance(spec, dict) and spec else None
+    return out
+
+
+def load_defaults() -> dict:
+    return _read_yaml(DEFAULTS_PATH)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
+    """Defaults, then the file (with its ``base:`` chain), then overrides; every key is checked."""
+    schema = load_defaults()
+    cfg = copy.deepcopy(schema)
+    if path is not None:
+        data = _load_with_bases(Path(path))
+        _check_keys(data, schema, source=str(path))
+        cfg = _merge(cfg, data)
+    cfg = apply_overrides(cfg, list(overrides), schema)
+    _check_keys(cfg, schema, source="overrides")
+    return cfg
+
+
+def save_config(cfg: dict, output_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as ``config.yaml`` in ``output_dir`` (atomically) and return its path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / RESOLVED_NAME
+    tmp = target.with_suffix(".yaml.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    os.replace(tmp, target)
+    return target
+
+
+def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    """Add the ``--config`` and repeatable ``--override`` options every script takes."""
+    parser.add_argument("--config", default=default_config, help="YAML config file (see configs/)")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --override model.image_res=384 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    return load_config(args.config, args.override)
