@@ -1,0 +1,51 @@
+"""AdamW with weight-decay groups and a learning-rate multiplier for freshly initialised parameters,
+and the linear warm-up / linear decay schedule of the official recipe."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "norm1.weight", "norm2.weight", "fc_norm.weight", "norm.weight",
+                    "embeddings", "cls_token", "gamma_1", "gamma_2", "relative_position_bias_table",
+                    "absolute_frame_pos_embed", "temp")
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases, norms, embeddings, layer-scale, position tables and the temperature get no decay."""
+    return param.ndim <= 1 or any(marker in name for marker in NO_DECAY_MARKERS)
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: float = 1.0,
+                 fresh: set[str] | None = None) -> list[dict]:
+    """Four groups: {decay, no decay} × {pretrained (lr), fresh (lr × lr_mult)}; empty groups dropped."""
+    fresh = fresh or set()
+    groups: dict[tuple[bool, bool], list] = {(d, f): [] for d in (True, False) for f in (True, False)}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[(not no_weight_decay(name, param), name in fresh)].append(param)
+    out = []
+    for (decay, is_fresh), params in groups.items():
+        if params:
+            out.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
+                        "lr": lr * (lr_mult if is_fresh else 1.0)})
+    return out
+
+
+def build_optimizer(model: nn.Module, opt_cfg: dict, fresh: set[str] | None = None) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`; fused kernels on CUDA when available."""
+    groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg.get("lr_mult", 1.0), fresh)
+    on_cuda = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
+                             eps=opt_cfg.get("eps", 1e-8), fused=on_cuda or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict, total_steps: int):
+    """Linear warm-up to each group's lr, then linear decay to 0 at ``total_steps``.
+
+    ``warmup`` may be a step count (int) or a fraction of ``total_steps`` (float < 1)."""
+    warmup = sched_cfg.get("warmup", 0)
+    if isinstance(warmup, float) and warmup < 1:
+        warmup = int(warmup * total_steps)
+    return get_scheduler(sched_cfg.get("name", "linear"), optimizer, num_warmup_steps=int(warmup),
+                         num_training_steps=total_steps)

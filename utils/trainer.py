@@ -1,0 +1,195 @@
+"""The one training loop every task script uses: DDP, AMP, gradient accumulation and clipping,
+non-finite-loss skipping, JSON-lines + TensorBoard logs, step checkpoints and exact resume."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from utils.dist import DistInfo, all_reduce_mean
+from utils.optim import build_optimizer, build_scheduler
+from utils.train_state import load_train_state, resolve_resume, save_train_state
+
+BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
+"""Given the index of the first micro-batch to produce, returns an iterator of batches from there on."""
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def count_images(batch: dict[str, Any]) -> int:
+    n = 0
+    for key in ("images", "videos"):
+        if isinstance(batch.get(key), torch.Tensor):
+            n += batch[key].shape[0]
+    return n
+
+
+class Trainer:
+    """Runs ``train.steps`` optimiser steps of ``model`` (whose forward returns a dict with ``loss``)."""
+
+    def __init__(self, cfg: dict, model: nn.Module, dist_info: DistInfo, fresh_params: set[str] | None = None):
+        train = cfg["train"]
+        if train["engine"] != "ddp":
+            raise NotImplementedError(f"train.engine '{train['engine']}': only 'ddp' is implemented so far")
+        if train["precision"] not in _DTYPES:
+            raise ValueError(f"train.precision must be one of {sorted(_DTYPES)}, got '{train['precision']}'")
+        self.cfg, self.train_cfg, self.dist = cfg, train, dist_info
+        self.output_dir = Path(cfg["output_dir"])
+        self.model = model.to(dist_info.device)
+        self.optimizer = build_optimizer(self.model, cfg["optimizer"], fresh_params)
+        self.scheduler = build_scheduler(self.optimizer, cfg["scheduler"], train["steps"])
+        self.dtype = _DTYPES[train["precision"]]
+        self.scaler = torch.amp.GradScaler(dist_info.device.type, enabled=train["precision"] == "fp16")
+        self.engine: nn.Module = self.model
+        if dist_info.distributed:
+            ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+            self.engine = DistributedDataParallel(self.model, device_ids=ids)
+        if train["compile"]:
+            self.engine = torch.compile(self.engine)
+        self.step = 0
+        self.samples_seen = 0
+        self.skipped_nonfinite = 0
+        self._nonfinite_run = 0
+        self.log_path = self.output_dir / "log.jsonl"
+        self._tb = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
+                "micro_batches": self.step * self.train_cfg["grad_accum"]}
+
+    def resume(self, resume: str | None) -> bool:
+        """Restore everything from a step checkpoint (``latest`` or a path); False if there is none."""
+        path = resolve_resume(resume, self.output_dir)
+        if path is None:
+            return False
+        state = load_train_state(path, map_location=self.dist.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.samples_seen = state["samples_seen"]
+        self.skipped_nonfinite = state["skipped_nonfinite"]
+        self._log({"event": "resumed", "checkpoint": str(path), "step": self.step})
+        return True
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return save_train_state(self.output_dir, self.step, self.state_dict(), self.train_cfg["keep_last"])
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if "loss" in record:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(f"train/{key}", value, record["step"])
+
+    # ------------------------------------------------------------------ loop
+    def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+        ctx = contextlib.nullcontext() if sync or not isinstance(self.engine, DistributedDataParallel) \
+            else self.engine.no_sync()
+        with ctx:
+            with torch.autocast(self.dist.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                out = self.engine(batch)
+            self.scaler.scale(out["loss"] / self.train_cfg["grad_accum"]).backward()
+        return out
+
+    def _finish_step(self, finite: bool) -> None:
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_nonfinite += 1
+            self._nonfinite_run += 1
+            if self._nonfinite_run >= self.train_cfg["max_nonfinite"]:
+                raise NonFiniteLossError(f"{self._nonfinite_run} non-finite losses in a row at step {self.step}")
+            return
+        self._nonfinite_run = 0
+        if self.train_cfg["clip_grad"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg["clip_grad"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        clamp = getattr(self.model, "clamp_temperature", None)
+        if clamp is not None:
+            clamp()
+
+    def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None) -> dict[str, float]:
+        """Train until ``train.steps``; returns the mean losses of the last log window."""
+        total, accum = self.train_cfg["steps"], self.train_cfg["grad_accum"]
+        it = batches(self.step * accum)
+        window: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, float] = {}
+        images, t0 = 0, time.perf_counter()
+        bar = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True)
+        self.model.train()
+        while self.step < total:
+            losses = defaultdict(float)
+            for micro in range(accum):
+                batch = to_device(next(it), self.dist.device)
+                out = self._micro_step(batch, sync=micro == accum - 1)
+                for k, v in out.items():
+                    losses[k] += v.detach().float() / accum
+                n = count_images(batch)
+                images += n
+                self.samples_seen += n * self.dist.world_size
+            loss = all_reduce_mean(losses["loss"])
+            finite = bool(torch.isfinite(loss))
+            self._finish_step(finite)
+            self.step += 1
+            if finite:
+                for k, v in losses.items():
+                    window[k].append(float(all_reduce_mean(v)))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+            if self.step % self.train_cfg["log_every"] == 0 or self.step == total:
+                elapsed = time.perf_counter() - t0
+                last = {k: sum(v) / len(v) for k, v in window.items() if v}
+                record = {"step": self.step, **last, "lr": self.scheduler.get_last_lr()[0],
+                          "images_per_s": images * self.dist.world_size / max(elapsed, 1e-9),
+                          "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite}
+                if extra_log is not None:
+                    record.update(extra_log())
+                self._log(record)
+                window.clear()
+                images, t0 = 0, time.perf_counter()
+            if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if self._tb is not None:
+            self._tb.flush()
+        return {k: v for k, v in last.items() if not math.isnan(v)}
