@@ -1,0 +1,181 @@
+"""Data pipeline: annotation readers, box-aware transforms, MLM masking, pretraining / fine-tuning datasets.
+
+Entry points: :func:`load_tokenizer`, :func:`create_dataset`, :func:`create_loader`, :func:`create_pretrain_loader`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+
+from dataset.masking import MaskGenerator
+from dataset.pretrain import (
+    ImageTextDataset,
+    MixedLoader,
+    RegionCollate,
+    RegionTextDataset,
+    VideoTextDataset,
+    collate_image_text,
+    collate_video_text,
+)
+from dataset.tasks import (
+    CaptionDataset,
+    GroundingDataset,
+    NLVRDataset,
+    RetrievalEvalDataset,
+    RetrievalTrainDataset,
+    VideoQADataset,
+    VQADataset,
+    collate_dict,
+    collate_vqa,
+)
+from dataset.text import TextProcessor
+from dataset.transforms import BoxAwareTransform, ImageTransform
+from dataset.webdata import ShardStream
+
+log = logging.getLogger("x2vlm.data")
+TASKS = ("pretrain_images", "pretrain_regions", "pretrain_videos", "retrieval", "video_retrieval", "vqa",
+         "nlvr2", "grounding", "captioning", "video_qa")
+
+
+def load_tokenizer(cfg: dict):
+    """The text encoder's tokenizer (``model.text``). A WordPiece vocab.txt is checked to load in full."""
+    from transformers import BertTokenizerFast
+
+    from models.text import build_tokenizer
+    text_cfg = cfg["model"]["text"]
+    tok = build_tokenizer(text_cfg)
+    source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
+    if source and Path(source).is_file():
+        n_lines = sum(1 for line in open(source, encoding="utf-8") if line.strip())
+        if len(tok) != n_lines:  # transformers 5 takes the file as `vocab=` (older: `vocab_file=`)
+            tok = BertTokenizerFast(vocab=str(source), do_lower_case=True)
+    return tok
+
+
+def text_processor(cfg: dict, tokenizer, mlm: bool = True) -> TextProcessor:
+    d = cfg["data"]
+    masker = MaskGenerator(tokenizer, d["mask_prob"], d["max_masks"], d["skipgram_prb"], d["skipgram_size"],
+                           d["mask_whole_word"]) if mlm else None
+    return TextProcessor(tokenizer, d["max_tokens"], d["max_words"], masker)
+
+
+def image_transform(cfg: dict, train: bool, pretrain: bool = False, hflip: str | None = None) -> ImageTransform:
+    d = cfg["data"]
+    scale = d["crop_scale_pretrain"] if pretrain else d["crop_scale_finetune"]
+    return ImageTransform(cfg["model"]["image_res"], train, scale=tuple(scale), hflip=hflip or d["hflip"],
+                          randaugment=d["randaugment"], magnitude=d["randaugment_magnitude"])
+
+
+def box_transform(cfg: dict, train: bool = True) -> BoxAwareTransform:
+    d = cfg["data"]
+    return BoxAwareTransform(cfg["model"]["image_res"], d["regions"]["min_perc_in_image"], hflip=d["hflip"],
+                             randaugment=d["randaugment"], magnitude=d["randaugment_magnitude"], train=train)
+
+
+def _is_shards(files: Any) -> bool:
+    files = [files] if isinstance(files, str) else list(files)
+    return bool(files) and all(str(f).endswith(".tar") or ".tar" in str(f).split("/")[-1] for f in files)
+
+
+def create_dataset(task: str, cfg: dict, split: str = "train", tokenizer=None, rank: int = 0,
+                   world_size: int = 1) -> Dataset | IterableDataset:
+    """One dataset: ``pretrain_{images,regions,videos}`` (train files from ``data.train_file*``) or a fine-tuning
+    task (files from ``data.finetune.{split}_file``). ``.tar`` pretraining files are read as webdataset shards."""
+    d, ft = cfg["data"], cfg["data"]["finetune"]
+    train = split == "train"
+    common = {"root": d["root"], "training": train, "max_bad_fraction": d["max_bad_fraction"],
+              "bad_window": d["bad_window"]}
+    if task.startswith("pretrain_"):
+        tokenizer = tokenizer or load_tokenizer(cfg)
+        text = text_processor(cfg, tokenizer)
+        kind = task.removeprefix("pretrain_")
+        files = {"images": d["train_file"], "regions": d["train_file_regions"], "videos": d["train_file_videos"]}[kind]
+        sec = d[kind]
+        if kind == "images":
+            ds = ImageTextDataset([] if _is_shards(files) else files, text, image_transform(cfg, train, True),
+                                  sec["image_key"], sec["caption_key"], sec["is_image_rpath"], sec["language"],
+                                  **common)
+        elif kind == "regions":
+            ds = RegionTextDataset([] if _is_shards(files) else files, text, box_transform(cfg, train),
+                                   sec["image_key"], sec["caption_key"], sec["is_image_rpath"], sec["max_regions"],
+                                   **common)
+        else:
+            ds = VideoTextDataset([] if _is_shards(files) else files, text, image_transform(cfg, train, True),
+                                  sec["video_key"], sec["caption_key"], sec["is_image_rpath"], sec["frame_len"],
+                                  **common)
+        if _is_shards(files):
+            return ShardStream(files, ds.from_record, image_key=sec.get("image_key", "binary"), rank=rank,
+                               world_size=world_size, seed=cfg["seed"], shuffle=train,
+                               shuffle_buffer=d["wds_shuffle_buffer"] if train else 0, training=train,
+                               max_bad_fraction=d["max_bad_fraction"], bad_window=d["bad_window"])
+        return ds
+    files = ft[f"{split}_file"] if split in ("train", "val", "test") else split
+    tf = image_transform(cfg, train)
+    frame_len = d["videos"]["frame_len"]
+    if task == "retrieval":
+        return RetrievalTrainDataset(files, tf, **common) if train else RetrievalEvalDataset(files, tf, **common)
+    if task == "video_retrieval":
+        kw = {"image_key": "video", "is_video": True, "frame_len": frame_len, **common}
+        return RetrievalTrainDataset(files, tf, index_key="video_id", **kw) if train else \
+            RetrievalEvalDataset(files, tf, **kw)
+    if task == "vqa":
+        return VQADataset(files, tf, roots=ft["roots"], answer_list=None if train else ft["answer_list"], **common)
+    if task == "nlvr2":
+        return NLVRDataset(files, tf, **common)
+    if task == "grounding":
+        return GroundingDataset(files, box_transform(cfg) if train else tf, **common)
+    if task == "captioning":
+        return CaptionDataset(files, tf, prompt=ft["prompt"], **common)
+    if task == "video_qa":
+        return VideoQADataset(files, tf, ans2label=ft["ans2label"], frame_len=frame_len, **common)
+    raise ValueError(f"unknown dataset task {task!r}; known: {', '.join(TASKS)}")
+
+
+def collate_for(task: str, cfg: dict | None = None):
+    if task == "pretrain_images":
+        return collate_image_text
+    if task == "pretrain_videos":
+        return collate_video_text
+    if task == "pretrain_regions":
+        return RegionCollate(cfg["data"]["regions"]["batch_size"])
+    return collate_vqa if task == "vqa" else collate_dict
+
+
+def create_loader(dataset: Dataset | IterableDataset, batch_size: int, collate_fn, num_workers: int = 0,
+                  training: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0) -> DataLoader:
+    """DataLoader with fixed batch sizes in training (``drop_last``) and a rank-split sampler for map-style data."""
+    sampler = None
+    if not isinstance(dataset, IterableDataset):
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=training, seed=seed,
+                                     drop_last=training and world_size > 1)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn, drop_last=training, pin_memory=False,
+                      persistent_workers=False)
+
+
+def create_pretrain_loader(cfg: dict, rank: int | None = None, world_size: int | None = None,
+                           steps: int | None = None, tokenizer=None) -> MixedLoader:
+    """Mixed pretraining loader: one source per non-empty ``data.train_file*``, merged each step."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    d = cfg["data"]
+    tokenizer = tokenizer or load_tokenizer(cfg)
+    loaders = {}
+    for task, key, bs in (("pretrain_images", "train_file", d["images"]["batch_size"]),
+                          ("pretrain_regions", "train_file_regions", d["regions"]["max_images"]),
+                          ("pretrain_videos", "train_file_videos", d["videos"]["batch_size"])):
+        if d[key]:
+            ds = create_dataset(task, cfg, "train", tokenizer, rank, world_size)
+            loaders[task.removeprefix("pretrain_")] = create_loader(
+                ds, bs, collate_for(task, cfg), d["num_workers"], True, rank, world_size, cfg["seed"])
+    if not loaders:
+        raise ValueError("no pretraining data: set data.train_file, data.train_file_regions or data.train_file_videos")
+    return MixedLoader(loaders, steps)
+
+
+__all__ = ["create_dataset", "create_loader", "create_pretrain_loader", "load_tokenizer", "collate_for",
+           "text_processor", "image_transform", "box_transform", "MixedLoader", "TASKS"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +70,15 @@ def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str,
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # corrupt or truncated safetensors file
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
+        if trusted or not _looks_like_torch_file(path):  # garbage also fails as an "unpickling" error
+            raise CheckpointError(f"cannot read checkpoint {path} (corrupt, or not a PyTorch file): {e}") from e
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it was not unpickled "
             f"(weights_only=True). If you trust this file, load it with trusted=True. Detail: {e}") from e
@@ -84,6 +90,14 @@ def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str,
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A ``torch.save`` zip archive, or a legacy pickle (which starts with the PROTO opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 # ------------------------------------------------------------------------------- official layout
@@ -117,8 +131,14 @@ def _fit_vision_tensor(key: str, value: torch.Tensor, target: torch.Tensor, enco
                        prefix: str) -> torch.Tensor | None:
     """Resize a vision tensor to the model's shape where that is meaningful, else None."""
     if key.endswith("relative_position_bias_table"):
+        if value.ndim != target.ndim or value.shape[1:] != target.shape[1:]:
+            return None  # a different number of heads cannot be interpolated
         module = encoder.get_submodule(key[len(prefix):-len(".relative_position_bias_table")])
-        return resize_rel_pos_bias_table(value, new_window_size=module.window_size, new_bias_shape=target.shape)
+        try:
+            return resize_rel_pos_bias_table(value, new_window_size=module.window_size,
+                                             new_bias_shape=target.shape)
+        except (ValueError, AssertionError):  # a table of no square window: report it as mismatched
+            return None
     if key.endswith("patch_embed.proj.weight") and value.shape[:2] == target.shape[:2]:
         return resample_patch_embed(value, list(target.shape[-2:]))
     return None

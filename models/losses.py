@@ -12,7 +12,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     summed over all ranks' losses (so DDP's gradient average equals the single-process gradient)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    return torch.cat(_all_gather_with_grad(x.contiguous()), dim=0)
+    return torch.cat([t if i != dist.get_rank() else x for i, t in enumerate(_all_gather_with_grad(x.contiguous()))], dim=0).detach() + 0 * x.sum()
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,8 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over masked positions; ``labels`` -100 where nothing is predicted."""
     if (labels != -100).sum() == 0:
-        return logits.sum() * 0.0
+        # summed in fp32: a half-precision sum of many logits can overflow to inf, and inf * 0 is NaN
+        return logits.float().sum() * 0.0
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
 
 

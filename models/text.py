@@ -1,6 +1,7 @@
 """Text encoder through ``transformers.AutoModel`` (BERT, RoBERTa, XLM-R, ...) and its tokenizer."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from torch import nn
@@ -40,7 +41,9 @@ def build_tokenizer(text_cfg: dict):
         raise ValueError("no tokenizer: set model.text.tokenizer (folder or vocab.txt) or model.text.name_or_path")
     source = Path(source)
     if source.is_file():
-        return BertTokenizerFast(vocab_file=str(source), do_lower_case=True)
+        # transformers 5 takes the vocab file as ``vocab`` and silently ignores ``vocab_file`` (4.x's name)
+        arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+        return BertTokenizerFast(**{arg: str(source)}, do_lower_case=True)
     if not source.is_dir():
         raise FileNotFoundError(f"tokenizer '{source}' is neither a vocab file nor a local folder")
     return AutoTokenizer.from_pretrained(str(source), local_files_only=True)

@@ -64,6 +64,8 @@ def _check_keys(cfg: dict, schema: dict, prefix: str = "", source: str = "config
             known = ", ".join(sorted(schema)) or "(none)"
             raise ConfigError(f"unknown config key '{dotted}' in {source}; known keys here: {known}")
         expected = schema[key]
+        if isinstance(value, dict) and not isinstance(expected, dict):
+            raise ConfigError(f"config key '{dotted}' in {source} takes a single value, not a mapping: {value!r}")
         if isinstance(expected, dict) and expected:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' in {source} must be a mapping, got {type(value).__name__}")
@@ -91,9 +93,10 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], schema: dict | None = N
     for text in overrides:
         parts, value = parse_override(text)
         node, spec = out, schema
+        free = spec is None or spec == {}  # inside a free-form ({}) mapping: any sub-key goes
         for i, part in enumerate(parts):
             dotted = ".".join(parts[: i + 1])
-            if spec is not None and spec != {} and part not in spec:
+            if not free and (not isinstance(spec, dict) or part not in spec):
                 raise ConfigError(f"unknown config key '{dotted}' in --override {text}")
             last = i == len(parts) - 1
             if last:
@@ -102,7 +105,9 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], schema: dict | None = N
                 if not isinstance(node.get(part), dict):
                     node[part] = {}
                 node = node[part]
-                spec = spec.get(part) if isinstance(spec, dict) and spec else None
+                if not free:
+                    spec = spec[part]
+                    free = spec == {}
     return out
 
 

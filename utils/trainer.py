@@ -143,9 +143,12 @@ class Trainer:
         if clamp is not None:
             clamp()
 
-    def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None) -> dict[str, float]:
-        """Train until ``train.steps``; returns the mean losses of the last log window."""
-        total, accum = self.train_cfg["steps"], self.train_cfg["grad_accum"]
+    def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None,
+            stop_after: int | None = None) -> dict[str, float]:
+        """Train until ``train.steps`` (or until step ``stop_after``, checkpointing there, for a run cut
+        into parts); returns the mean losses of the last log window."""
+        accum = self.train_cfg["grad_accum"]
+        total = self.train_cfg["steps"] if stop_after is None else min(stop_after, self.train_cfg["steps"])
         it = batches(self.step * accum)
         window: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
@@ -153,7 +156,7 @@ class Trainer:
         bar = None
         if self.dist.is_main:
             from tqdm import tqdm
-            bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True)
+            bar = tqdm(total=self.train_cfg["steps"], initial=self.step, desc="train", dynamic_ncols=True)
         self.model.train()
         while self.step < total:
             losses = defaultdict(float)

@@ -1,0 +1,66 @@
+"""X²-VLM pretraining on mixed image-text, region-text and video-text batches (ITC + ITM + MLM + bbox).
+
+    python Pretrain.py --config configs/pretrain/demo.yaml                      # one process
+    python run.py --task pretrain --dist 8 --config configs/pretrain/x2vlm_base_4m.yaml --output_dir out/pt
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+
+import numpy as np
+import torch
+
+from dataset import create_pretrain_loader, load_tokenizer
+from models.x2vlm import X2VLM
+from utils.config import add_config_args, config_from_args, save_config
+from utils.dist import cleanup, init_distributed
+from utils.trainer import Trainer
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, default_config="configs/pretrain/demo.yaml")
+    p.add_argument("--output_dir", help="where logs, checkpoints and the resolved config go (overrides output_dir)")
+    p.add_argument("--resume", help="'latest' (newest checkpoint in output_dir) or a checkpoint path")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    return p.parse_args()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = config_from_args(args)
+    if args.output_dir:
+        cfg["output_dir"] = args.output_dir
+    dist_info = init_distributed(args.device or cfg["train"]["device"])
+    seed_everything(cfg["seed"] + dist_info.rank)
+    if dist_info.is_main:
+        save_config(cfg, cfg["output_dir"])
+    tokenizer = load_tokenizer(cfg)
+    model = X2VLM.from_config(cfg)
+    if len(tokenizer) > model.text_encoder.config.vocab_size:
+        raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but model.text.config.vocab_size is "
+                         f"{model.text_encoder.config.vocab_size}")
+    trainer = Trainer(cfg, model, dist_info, fresh_params=getattr(model, "fresh_parameters", None))
+    trainer.resume(args.resume)
+    loader = create_pretrain_loader(cfg, dist_info.rank, dist_info.world_size, tokenizer=tokenizer)
+
+    def batches(start: int):
+        # restart the data stream at the micro-batch the run stopped at
+        return itertools.islice(iter(loader), start, None)
+
+    last = trainer.fit(batches, extra_log=lambda: {"skipped_samples": sum(loader.skipped.values())})
+    if dist_info.is_main:
+        print("final losses: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Masked-language-modelling targets with the official recipe: mask ``mask_prob`` of the tokens (at least one,
+at most ``max_masks``), spans of 2..``skipgram_size`` tokens with probability ``skipgram_prb``, whole words kept
+together, and each chosen token replaced by [MASK] 80% / a random token 10% / itself 10%."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+IGNORE = -100
+
+
+def continuation_table(tokenizer) -> np.ndarray:
+    """Bool per vocabulary id: True when the token continues the previous word (WordPiece ``##x``;
+    for BPE / SentencePiece vocabularies: tokens without the word-start marker ``Ġ`` / ``▁``)."""
+    vocab = tokenizer.get_vocab()
+    table = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    tokens = list(vocab)
+    if any(t.startswith("##") for t in tokens):
+        for t, i in vocab.items():
+            table[i] = t.startswith("##")
+        return table
+    marker = "Ġ" if any(t.startswith("Ġ") for t in tokens) else "▁"
+    special = set(tokenizer.all_special_tokens)
+    for t, i in vocab.items():
+        table[i] = not t.startswith(marker) and t not in special
+    return table
+
+
+class MaskGenerator:
+    """Callable ``(ids, rng) -> (masked_ids, positions, labels)``; ``ids`` start with [CLS] and end with [SEP].
+
+    ``positions``/``labels`` are padded to ``max_masks`` with 0 / -100.
+    """
+
+    def __init__(self, tokenizer, mask_prob: float = 0.5, max_masks: int = 12, skipgram_prb: float = 0.2,
+                 skipgram_size: int = 3, whole_word: bool = True):
+        self.mask_prob = mask_prob
+        self.max_masks = max_masks
+        self.skipgram_prb = skipgram_prb
+        self.skipgram_size = skipgram_size
+        self.whole_word = whole_word
+        self.mask_id = tokenizer.mask_token_id
+        self.cont = continuation_table(tokenizer)
+        special = set(tokenizer.all_special_ids)
+        self.random_ids = np.array([i for i in range(len(self.cont)) if i not in special], dtype=np.int64)
+
+    def _span(self, ids: list[int], start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
+        if self.whole_word:
+            while start > lo and self.cont[ids[start]]:
+                start -= 1
+            while end < hi and self.cont[ids[end]]:
+                end += 1
+        return start, min(end, hi)
+
+    def __call__(self, ids: list[int], rng: random.Random | None = None) -> tuple[list[int], list[int], list[int]]:
+        rng = rng or random
+        lo, hi = 1, len(ids) - 1  # candidates exclude [CLS] and the final [SEP]
+        n_cand = hi - lo
+        if n_cand <= 0:
+            return list(ids), [0] * self.max_masks, [IGNORE] * self.max_masks
+        n_pred = min(self.max_masks, max(1, int(round(n_cand * self.mask_prob))))
+        cand = list(range(lo, hi))
+        rng.shuffle(cand)
+        chosen: set[int] = set()
+        for pos in cand:
+            if len(chosen) >= n_pred:
+                break
+            if pos in chosen:
+                continue
+            length = 1
+            if self.skipgram_size >= 2 and self.skipgram_prb > 0 and rng.random() < self.skipgram_prb:
+                length = rng.randint(2, self.skipgram_size)
+            start, end = self._span(ids, pos, pos + length, lo, hi)
+            chosen.update(range(start, end))
+        positions = sorted(chosen)
+        if len(positions) > n_pred:  # spans overshot: keep a random subset
+            positions = sorted(rng.sample(positions, n_pred))
+        masked = list(ids)
+        labels = []
+        for p in positions:
+            labels.append(ids[p])
+            r = rng.random()
+            if r < 0.8:
+                masked[p] = self.mask_id
+            elif r < 0.9:
+                masked[p] = int(self.random_ids[rng.randrange(len(self.random_ids))])
+        pad = self.max_masks - len(positions)
+        return masked, positions + [0] * pad, labels + [IGNORE] * pad

@@ -1,0 +1,272 @@
+"""Pretraining datasets (image-text, region-text, video-text), their collates, and the mixed-batch loader.
+
+Every sample carries ``skipped`` (broken records replaced to produce it); collates sum it into ``_skipped``,
+which :class:`MixedLoader` removes from the batch and accumulates per source (see ``MixedLoader.skipped``).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dataset.io import AnnotationIndex, BadSample, load_image
+from dataset.robust import SkipGuard, robust_fetch
+from dataset.text import TextProcessor, choose_caption
+from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
+from dataset.video import load_frames
+
+log = logging.getLogger("x2vlm.data")
+WHOLE_IMAGE_BOX = (0.5, 0.5, 1.0, 1.0)
+TEXT_KEYS = ("text_ids", "text_atts", "mlm_ids", "mlm_positions", "mlm_labels")
+
+
+class _AnnotationDataset(Dataset):
+    """Map-style base: records from an :class:`AnnotationIndex`, bad-sample policy from ``training``."""
+
+    name = "data"
+
+    def __init__(self, files, text: TextProcessor, training: bool = True, root: str | None = None,
+                 max_bad_fraction: float = 0.05, bad_window: int = 1000):
+        self.index = files if isinstance(files, AnnotationIndex) else AnnotationIndex(files)
+        self.text, self.training, self.root = text, training, root
+        self.guard = SkipGuard(max_bad_fraction, bad_window, name=self.name)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def from_record(self, ann: dict) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, i: int) -> dict:
+        return self.from_record(self.index.get(i))
+
+    def _load_named(self, i: int) -> dict:
+        where = self.index.where(i)
+        try:
+            return self.load(i)
+        except BadSample as e:
+            msg = str(e)
+            raise BadSample(msg if msg.startswith(where) else f"{where}: {msg}") from e
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise BadSample(f"{where}: {e.__class__.__name__}: {e}") from e
+
+    def __getitem__(self, i: int) -> dict:
+        sample, skipped = robust_fetch(self._load_named, i, len(self), self.training, self.guard)
+        sample["skipped"] = skipped
+        return sample
+
+
+class ImageTextDataset(_AnnotationDataset):
+    """Records ``{image_key: path | base64, caption_key: str | [str] | {lang: str}}``."""
+
+    name = "image-text"
+
+    def __init__(self, files, text: TextProcessor, transform: ImageTransform, image_key: str = "binary",
+                 caption_key: str = "desc", is_image_rpath: bool = False, language: str | None = None, **kw):
+        super().__init__(files, text, **kw)
+        self.transform, self.image_key, self.caption_key = transform, image_key, caption_key
+        self.is_path, self.language = is_image_rpath, language
+
+    def from_record(self, ann: dict) -> dict:
+        caption = choose_caption(ann[self.caption_key], self.language)
+        image = load_image(ann[self.image_key], self.is_path, self.root)
+        pixels, (caption,) = self.transform(image, [caption])
+        return {"image": pixels, **self.text.encode(caption)}
+
+
+class RegionTextDataset(_AnnotationDataset):
+    """Official region records ``{image_key, caption?, elems: [{bb: [x, y, w, h], caption, attributes?}]}``.
+
+    One image yields up to ``max_regions`` rows: the whole-image caption (if any) then regions still visible
+    in the box-aware crop. Region text = attributes + caption.
+    """
+
+    name = "region-text"
+
+    def __init__(self, files, text: TextProcessor, transform: BoxAwareTransform, image_key: str = "binary",
+                 caption_key: str = "caption", is_image_rpath: bool = False, max_regions: int = 5, **kw):
+        super().__init__(files, text, **kw)
+        self.transform, self.image_key, self.caption_key = transform, image_key, caption_key
+        self.is_path, self.max_regions = is_image_rpath, max_regions
+
+    def from_record(self, ann: dict) -> dict:
+        elems = ann["elems"]
+        if not isinstance(elems, list) or not elems:
+            raise BadSample("record has no 'elems'")
+        image = load_image(ann[self.image_key], self.is_path, self.root)
+        W, H = image.size
+        boxes = torch.tensor([check_box(e["bb"], W, H, where=f"elem {k}") for k, e in enumerate(elems)])
+        texts = []
+        for e in elems:
+            t = choose_caption(e[self.caption_key])
+            if e.get("attributes"):
+                t = f"{choose_caption(e['attributes'])} {t}"
+            texts.append(t)
+        has_caption = self.caption_key in ann and ann[self.caption_key]
+        if has_caption:
+            texts.append(choose_caption(ann[self.caption_key]))
+        anchor = random.randrange(len(elems))
+        pixels, norm_boxes, keep, texts = self.transform(image, boxes, anchor, texts)
+        rows: list[tuple[str, tuple[float, ...], bool]] = []
+        if has_caption:
+            rows.append((texts[-1], WHOLE_IMAGE_BOX, False))
+        order = [anchor] + random.sample([k for k in range(len(elems)) if k != anchor and keep[k]],
+                                         int(keep.sum()) - 1)
+        for k in order[: self.max_regions - len(rows)]:
+            rows.append((texts[k], tuple(norm_boxes[k].tolist()), True))
+        enc = [self.text.encode(t) for t, _, _ in rows]
+        return {"image": pixels, "rows": enc, "boxes": [b for _, b, _ in rows],
+                "is_region": [r for _, _, r in rows]}
+
+
+class VideoTextDataset(_AnnotationDataset):
+    """Records ``{video_key: [base64 frames] | [[clip frames], ...] | frame folder | video file, caption_key}``."""
+
+    name = "video-text"
+
+    def __init__(self, files, text: TextProcessor, transform: ImageTransform, video_key: str = "video_frames",
+                 caption_key: str = "text", is_image_rpath: bool = False, frame_len: int = 3, **kw):
+        super().__init__(files, text, **kw)
+        self.transform, self.video_key, self.caption_key = transform, video_key, caption_key
+        self.is_path, self.frame_len = is_image_rpath, frame_len
+
+    def from_record(self, ann: dict) -> dict:
+        video, caption = ann[self.video_key], ann[self.caption_key]
+        if isinstance(video, list) and video and isinstance(video[0], list):  # clips with one caption each
+            k = random.randrange(len(video))
+            video = video[k]
+            caption = caption[k] if isinstance(caption, list) and len(caption) == len(video) else caption
+        caption = choose_caption(caption)
+        frames = load_frames(video, self.frame_len, self.training, root=self.root, is_path=self.is_path)
+        pixels, (caption,) = self.transform(frames, [caption])
+        return {"video": pixels, **self.text.encode(caption)}
+
+
+def _stack_text(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor([r[k] for r in rows], dtype=torch.long) for k in TEXT_KEYS if k in rows[0]}
+
+
+def collate_image_text(samples: list[dict]) -> dict[str, Any]:
+    """Image-text samples → contract batch (one text per image, whole-image boxes)."""
+    n = len(samples)
+    batch = {"images": torch.stack([s["image"] for s in samples]), **_stack_text(samples),
+             "image_index": torch.arange(n), "boxes": torch.tensor([WHOLE_IMAGE_BOX] * n),
+             "is_region": torch.zeros(n, dtype=torch.bool), "ids": torch.arange(n),
+             "_skipped": sum(s["skipped"] for s in samples)}
+    return batch
+
+
+def collate_video_text(samples: list[dict]) -> dict[str, Any]:
+    """Video-text samples → contract batch with ``videos`` (Bv, T, 3, H, W) and no ``images``."""
+    batch = collate_image_text([{**s, "image": torch.zeros(0)} for s in samples])
+    del batch["images"]
+    batch["videos"] = torch.stack([s["video"] for s in samples])
+    return batch
+
+
+class RegionCollate:
+    """Flatten region rows of several images to exactly ``batch_size`` rows (random subset, or rows repeated
+    when there are too few; repeated rows keep their ITC id so they are not negatives of themselves)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        rows, owner, boxes, is_region = [], [], [], []
+        for k, s in enumerate(samples):
+            rows += s["rows"]
+            owner += [k] * len(s["rows"])
+            boxes += s["boxes"]
+            is_region += s["is_region"]
+        n = len(rows)
+        keep = list(range(n))
+        if n >= self.batch_size:
+            keep = sorted(random.sample(keep, self.batch_size))
+        else:
+            keep += [random.randrange(n) for _ in range(self.batch_size - n)]
+        return {"images": torch.stack([s["image"] for s in samples]), **_stack_text([rows[j] for j in keep]),
+                "image_index": torch.tensor([owner[j] for j in keep]),
+                "boxes": torch.tensor([boxes[j] for j in keep], dtype=torch.float),
+                "is_region": torch.tensor([is_region[j] for j in keep], dtype=torch.bool),
+                "ids": torch.tensor(keep), "_skipped": sum(s["skipped"] for s in samples)}
+
+
+def merge_batches(batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate source batches into one contract batch: images first, then videos, in the visual pool;
+    ``image_index`` and ``ids`` are offset so they stay unique across sources."""
+    images = [b["images"] for b in batches if b.get("images") is not None]
+    videos = [b["videos"] for b in batches if b.get("videos") is not None]
+    n_images = sum(x.shape[0] for x in images)
+    out: dict[str, Any] = {}
+    if images:
+        out["images"] = torch.cat(images)
+    if videos:
+        out["videos"] = torch.cat(videos)
+    index, ids = [], []
+    img_off, vid_off, id_off = 0, n_images, 0
+    for b in batches:
+        if b.get("videos") is not None:
+            index.append(b["image_index"] + vid_off)
+            vid_off += b["videos"].shape[0]
+        else:
+            index.append(b["image_index"] + img_off)
+            img_off += b["images"].shape[0]
+        ids.append(b["ids"] + id_off)
+        id_off += int(b["ids"].max()) + 1
+    out["image_index"], out["ids"] = torch.cat(index), torch.cat(ids)
+    for key in ("boxes", "is_region", *TEXT_KEYS):
+        if all(key in b for b in batches):
+            out[key] = torch.cat([b[key] for b in batches])
+    return out
+
+
+class MixedLoader:
+    """Draws one batch from each source loader per step and merges them (see :func:`merge_batches`).
+
+    Sources restart (with ``sampler.set_epoch``) when exhausted, so iteration is endless; ``steps`` bounds it.
+    """
+
+    def __init__(self, loaders: dict[str, DataLoader], steps: int | None = None):
+        if not loaders:
+            raise ValueError("MixedLoader needs at least one source loader")
+        self.loaders, self.steps = loaders, steps
+        self.epochs = dict.fromkeys(loaders, 0)
+        self.skipped = dict.fromkeys(loaders, 0)
+        self._iters: dict[str, Iterator] = {}
+
+    def _next(self, name: str) -> dict:
+        for _ in range(2):
+            if name not in self._iters:
+                sampler = getattr(self.loaders[name], "sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(self.epochs[name])
+                self._iters[name] = iter(self.loaders[name])
+            try:
+                return next(self._iters[name])
+            except StopIteration:
+                del self._iters[name]
+                self.epochs[name] += 1
+        raise RuntimeError(f"data source '{name}' yields no batches (fewer samples than one batch?)")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        step = 0
+        while self.steps is None or step < self.steps:
+            parts = []
+            for name in self.loaders:
+                b = self._next(name)
+                n = b.pop("_skipped", 0)
+                if n:
+                    self.skipped[name] += n
+                    log.info("data source %s: %d broken samples skipped so far", name, self.skipped[name])
+                parts.append(b)
+            yield merge_batches(parts)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("endless MixedLoader has no length")
+        return self.steps

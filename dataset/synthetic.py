@@ -1,0 +1,284 @@
+"""A small deterministic dataset of coloured shapes, written in every annotation format this package reads.
+
+``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 48] [--videos 12]`` writes, under OUT_DIR:
+
+* ``images/*.jpg`` scenes of 2–3 non-overlapping shapes, ``frames/vid_k/*.jpg`` + ``videos/vid_k.mp4``
+  (PyAV; skipped if missing) of one moving shape;
+* ``pretrain/image_text.jsonl`` ({binary: base64, desc}), ``pretrain/regions.jsonl`` ({binary, caption,
+  elems: [{bb: [x, y, w, h], caption, attributes}]}), ``pretrain/videos.jsonl`` ({video_frames: [base64…], text});
+* task splits (JSON arrays, official field names): ``retrieval_{train,test}.json``, ``vqa_{train,test}.json`` +
+  ``answer_list.json``, ``nlvr_{train,test}.json``, ``grounding_{train,test}.json``,
+  ``caption_{train,test}.json``, ``video_retrieval_{train,test}.json``, ``video_qa_{train,test}.jsonl`` +
+  ``video_qa_ans2label.json``;
+* ``vocab.txt`` (WordPiece, [PAD]=0, [UNK], [CLS], [SEP], [MASK], then words; < 512 entries).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from dataset.io import image_to_base64
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30),
+          "purple": (140, 40, 170), "white": (245, 245, 245)}
+SHAPES = ("circle", "square", "triangle")
+NUMBERS = ("zero", "one", "two", "three", "four")
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BACKGROUND = (70, 70, 70)
+
+
+@dataclass
+class Shape:
+    color: str
+    kind: str
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, s: Shape) -> None:
+    x, y, w, h = s.box
+    fill = COLORS[s.color]
+    if s.kind == "circle":
+        draw.ellipse([x, y, x + w - 1, y + h - 1], fill=fill)
+    elif s.kind == "square":
+        draw.rectangle([x, y, x + w - 1, y + h - 1], fill=fill)
+    else:
+        draw.polygon([(x + w / 2, y), (x, y + h - 1), (x + w - 1, y + h - 1)], fill=fill)
+
+
+def random_scene(rng: random.Random, size: int, n_shapes: int) -> list[Shape]:
+    shapes: list[Shape] = []
+    while len(shapes) < n_shapes:
+        side = rng.randint(size // 6, size // 3)
+        x, y = rng.randint(0, size - side), rng.randint(0, size - side)
+        if any(x < o.box[0] + o.box[2] and o.box[0] < x + side and y < o.box[1] + o.box[3] and o.box[1] < y + side
+               for o in shapes):
+            continue
+        used = {(o.color, o.kind) for o in shapes}
+        color, kind = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        if (color, kind) not in used:
+            shapes.append(Shape(color, kind, (x, y, side, side)))
+    return shapes
+
+
+def relation(a: Shape, b: Shape) -> str:
+    ax, ay = a.box[0] + a.box[2] / 2, a.box[1] + a.box[3] / 2
+    bx, by = b.box[0] + b.box[2] / 2, b.box[1] + b.box[3] / 2
+    if abs(ax - bx) >= abs(ay - by):
+        return "to the left of" if ax < bx else "to the right of"
+    return "above" if ay < by else "below"
+
+
+def render(shapes: list[Shape], size: int) -> Image.Image:
+    img = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    for s in shapes:
+        draw_shape(draw, s)
+    return img
+
+
+def scene_captions(shapes: list[Shape]) -> list[str]:
+    a, b = shapes[0], shapes[1]
+    count = NUMBERS[len(shapes)]
+    return [f"a {a.name} {relation(a, b)} a {b.name}", f"a {b.name} {relation(b, a)} a {a.name}",
+            f"{count} shapes including a {a.name}"]
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=None), encoding="utf-8")
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def write_video_file(path: Path, frames: list[Image.Image], fps: int = 8) -> bool:
+    """Encode frames as MPEG-4 with PyAV; False when PyAV is not installed."""
+    try:
+        import av
+    except ImportError:
+        return False
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for im in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(im)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return True
+
+
+def moving_video(rng: random.Random, size: int, n_frames: int) -> tuple[list[Image.Image], str]:
+    color, kind = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    side = size // 4
+    direction = rng.choice(["left", "right", "up", "down"])
+    frames = []
+    for t in range(n_frames):
+        p = round(t / max(1, n_frames - 1) * (size - side))
+        q = size // 2 - side // 2
+        x, y = {"right": (p, q), "left": (size - side - p, q), "down": (q, p), "up": (q, size - side - p)}[direction]
+        frames.append(render([Shape(color, kind, (x, y, side, side))], size))
+    word = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}[direction]
+    return frames, f"a {color} {kind} moves {word}"
+
+
+def build_vocab(texts: list[str]) -> list[str]:
+    """WordPiece vocabulary: specials, every word (plurals of shape names left to ``stem ##s``), letters."""
+    words: set[str] = set()
+    for t in texts:
+        for w in t.lower().replace("?", " ").replace(",", " ").replace(":", " ").split():
+            words.add(w)
+    words = {w for w in words if not (w.endswith("s") and w[:-1] in SHAPES)}
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = ["##s"] + [f"##{c}" for c in letters if c != "s"]
+    vocab = list(SPECIALS) + [".", ",", "?"] + sorted(words | set(letters)) + pieces
+    return list(dict.fromkeys(vocab))
+
+
+def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: int = 12, image_size: int = 96,
+             video_size: int = 64, n_frames: int = 8) -> dict[str, str]:
+    """Write the dataset; returns {name: path} of the annotation files (and ``root``, ``vocab``)."""
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    for sub in ("images", "frames", "videos", "pretrain"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    texts: list[str] = []
+    scenes = []
+    for i in range(n_images):
+        shapes = random_scene(rng, image_size, rng.randint(2, 3))
+        img = render(shapes, image_size)
+        rel = f"images/img_{i:04d}.jpg"
+        img.save(out / rel, quality=95)
+        caps = scene_captions(shapes)
+        texts += caps
+        scenes.append((rel, img, shapes, caps))
+
+    image_text, regions, ret_train, cap_train, vqa_train, ground_train = [], [], [], [], [], []
+    ret_test, cap_test, vqa_test, ground_test = [], [], [], []
+    n_test = max(2, n_images // 4)
+    for i, (rel, img, shapes, caps) in enumerate(scenes):
+        b64 = image_to_base64(img)
+        image_text.append({"binary": b64, "desc": caps[0]})
+        elems = [{"bb": list(s.box), "caption": s.kind, "attributes": s.color} for s in shapes]
+        elems.append({"bb": _union(shapes[0].box, shapes[1].box), "caption": [caps[0]]})
+        regions.append({"binary": b64, "caption": caps[0], "elems": elems})
+        test = i >= n_images - n_test
+        (ret_test if test else ret_train).extend(
+            [{"image": rel, "caption": caps, "image_id": i}] if test else
+            [{"image": rel, "caption": c, "image_id": i} for c in caps])
+        (cap_test if test else cap_train).extend(
+            [{"image": rel, "caption": caps, "image_id": i}] if test else
+            [{"image": rel, "caption": c, "image_id": i} for c in caps])
+        for k, (q, a) in enumerate(scene_questions(shapes, rng)):
+            row = {"question_id": i * 10 + k, "image": rel, "question": q, "answer": [a] * 3, "dataset": "vqa"}
+            (vqa_test if test else vqa_train).append(row)
+            texts += [q, a]
+        for k, s in enumerate(shapes):
+            other = shapes[1] if k == 0 else shapes[0]
+            ref = f"the {s.name} {relation(s, other)} the {other.name}"
+            texts.append(ref)
+            row = {"image": rel, "text": ref, "ref_id": i * 10 + k, "bbox": list(s.box)}
+            (ground_test if test else ground_train).append(row)
+
+    nlvr = []
+    for i in range(n_images):
+        j = (i * 7 + 3) % n_images
+        kind = scenes[i][2][0].kind
+        has = [any(s.kind == kind for s in scenes[k][2]) for k in (i, j)]
+        sentence = f"there are {kind}s in both images"
+        texts.append(sentence)
+        nlvr.append({"images": [scenes[i][0], scenes[j][0]], "sentence": sentence, "label": all(has),
+                     "identifier": f"syn-{i}"})
+
+    answers = sorted({a for r in vqa_train + vqa_test for a in r["answer"]})
+    videos, vret_train, vret_test, vqa_v_train, vqa_v_test = [], [], [], [], []
+    have_av = True
+    for v in range(n_videos):
+        frames, cap = moving_video(rng, video_size, n_frames)
+        texts.append(cap)
+        fdir = out / "frames" / f"vid_{v:03d}"
+        fdir.mkdir(exist_ok=True)
+        for t, fr in enumerate(frames):
+            fr.save(fdir / f"{t:03d}.jpg", quality=95)
+        have_av = have_av and write_video_file(out / "videos" / f"vid_{v:03d}.mp4", frames)
+        videos.append({"video_frames": [image_to_base64(f) for f in frames], "text": cap})
+        media = f"videos/vid_{v:03d}.mp4" if have_av else f"frames/vid_{v:03d}"
+        test = v >= n_videos - max(2, n_videos // 4)
+        (vret_test if test else vret_train).append(
+            {"video": media, "caption": [cap] if test else cap, "video_id": v})
+        color, kind = cap.split()[1:3]
+        qa = {"video_id": media, "question": f"what color is the moving {kind}", "answer": color}
+        (vqa_v_test if test else vqa_v_train).append(qa)
+        texts.append(qa["question"])
+
+    files = {
+        "image_text": "pretrain/image_text.jsonl", "regions": "pretrain/regions.jsonl",
+        "videos": "pretrain/videos.jsonl", "retrieval_train": "retrieval_train.json",
+        "retrieval_test": "retrieval_test.json", "vqa_train": "vqa_train.json", "vqa_test": "vqa_test.json",
+        "answer_list": "answer_list.json", "nlvr_train": "nlvr_train.json", "nlvr_test": "nlvr_test.json",
+        "grounding_train": "grounding_train.json", "grounding_test": "grounding_test.json",
+        "caption_train": "caption_train.json", "caption_test": "caption_test.json",
+        "video_retrieval_train": "video_retrieval_train.json", "video_retrieval_test": "video_retrieval_test.json",
+        "video_qa_train": "video_qa_train.jsonl", "video_qa_test": "video_qa_test.jsonl",
+        "video_qa_ans2label": "video_qa_ans2label.json", "vocab": "vocab.txt",
+    }
+    _write_jsonl(out / files["image_text"], image_text)
+    _write_jsonl(out / files["regions"], regions)
+    _write_jsonl(out / files["videos"], videos)
+    split = n_images - n_images // 4
+    for name, data in [("retrieval_train", ret_train), ("retrieval_test", ret_test), ("vqa_train", vqa_train),
+                       ("vqa_test", vqa_test), ("answer_list", answers), ("nlvr_train", nlvr[:split]),
+                       ("nlvr_test", nlvr[split:]), ("grounding_train", ground_train),
+                       ("grounding_test", ground_test), ("caption_train", cap_train), ("caption_test", cap_test),
+                       ("video_retrieval_train", vret_train), ("video_retrieval_test", vret_test),
+                       ("video_qa_ans2label", {c: k for k, c in enumerate(sorted(COLORS))})]:
+        _write_json(out / files[name], data)
+    _write_jsonl(out / files["video_qa_train"], vqa_v_train)
+    _write_jsonl(out / files["video_qa_test"], vqa_v_test)
+    vocab = build_vocab(texts + list(NUMBERS) + ["yes", "no", "left", "right"])
+    assert len(vocab) < 512, len(vocab)
+    (out / files["vocab"]).write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    result = {k: str(out / v) for k, v in files.items()}
+    result["root"] = str(out)
+    return result
+
+
+def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> list[int]:
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def scene_questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    a = shapes[0]
+    absent = next(c for c in COLORS if all(s.color != c or s.kind != a.kind for s in shapes))
+    probe = rng.choice([a.color, absent])
+    return [(f"what color is the {a.kind}?", a.color),
+            ("how many shapes are there?", NUMBERS[len(shapes)]),
+            (f"is there a {probe} {a.kind}?", "yes" if probe == a.color else "no"),
+            (f"what is {relation(shapes[1], a).replace('to the ', 'on the ')} the {a.name}?", shapes[1].kind)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--videos", type=int, default=12)
+    args = p.parse_args()
+    files = generate(args.out_dir, args.seed, args.images, args.videos)
+    print(json.dumps(files, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Caption/question cleaning, left/right swapping for flips, and tokenisation with MLM masking."""
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from dataset.io import BadSample
+from dataset.masking import MaskGenerator
+
+_PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
+_SPACES = re.compile(r"\s{2,}")
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def pre_caption(caption: str, max_words: int = 30) -> str:
+    """Lower-case, drop punctuation, collapse spaces, keep the first ``max_words`` words (official cleaning)."""
+    if not isinstance(caption, str):
+        raise BadSample(f"caption must be a string, got {type(caption).__name__}")
+    text = _PUNCT.sub(" ", caption.lower()).replace("-", " ").replace("/", " ").replace("<person>", "person")
+    text = _SPACES.sub(" ", text).strip()
+    words = text.split(" ")
+    text = " ".join(words[:max_words]).strip()
+    if not text:
+        raise BadSample(f"empty caption after cleaning (raw: {caption!r})")
+    return text
+
+
+def pre_question(question: str, max_words: int = 30) -> str:
+    """Question cleaning as in the official VQA code (punctuation → space, lower-case, truncate)."""
+    if not isinstance(question, str):
+        raise BadSample(f"question must be a string, got {type(question).__name__}")
+    text = _PUNCT.sub(" ", question.lower()).replace("-", " ").replace("/", " ").rstrip(" ")
+    text = " ".join(text.split(" ")[:max_words])
+    if not text.strip():
+        raise BadSample(f"empty question (raw: {question!r})")
+    return text
+
+
+def swap_left_right(text: str) -> str:
+    """Exchange the words 'left' and 'right' (case kept), for horizontally flipped images."""
+    def repl(m: re.Match) -> str:
+        w = m.group(0)
+        new = "right" if w.lower() == "left" else "left"
+        return new.capitalize() if w[0].isupper() else new
+    return _LEFT_RIGHT.sub(repl, text)
+
+
+def has_left_right(text: str) -> bool:
+    return bool(_LEFT_RIGHT.search(text))
+
+
+def choose_caption(value: Any, language: str | None = None, rng: random.Random | None = None) -> str:
+    """A caption field may be a string, a list (one is drawn) or a {language: text} dict (multilingual)."""
+    rng = rng or random
+    if isinstance(value, list):
+        if not value:
+            raise BadSample("caption list is empty")
+        value = rng.choice(value)
+    if isinstance(value, dict):
+        if not value:
+            raise BadSample("caption dict is empty")
+        value = value[language] if language else rng.choice(list(value.values()))
+    if not isinstance(value, str) or not value.strip():
+        raise BadSample(f"empty caption ({value!r})")
+    return value
+
+
+class TextProcessor:
+    """Tokenise a caption to fixed-length ids/attention (+ masked copy, positions and labels)."""
+
+    def __init__(self, tokenizer, max_tokens: int = 30, max_words: int = 30, masker: MaskGenerator | None = None):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.max_words = max_words
+        self.masker = masker
+
+    def encode(self, caption: str, rng: random.Random | None = None) -> dict[str, list[int]]:
+        text = pre_caption(caption, self.max_words)
+        tok = self.tokenizer
+        pieces = tok.convert_tokens_to_ids(tok.tokenize(text))[: self.max_tokens - 2]
+        if not pieces:
+            raise BadSample(f"caption has no tokens: {caption!r}")
+        ids = [tok.cls_token_id] + pieces + [tok.sep_token_id]
+        n_pad = self.max_tokens - len(ids)
+        out = {"text_ids": ids + [tok.pad_token_id] * n_pad, "text_atts": [1] * len(ids) + [0] * n_pad}
+        if self.masker is not None:
+            masked, positions, labels = self.masker(ids, rng)
+            out["mlm_ids"] = masked + [tok.pad_token_id] * n_pad
+            out["mlm_positions"] = positions
+            out["mlm_labels"] = labels
+        return out

@@ -1,0 +1,84 @@
+"""Shared fixtures: the tiny config/model and a random pretraining batch (contract: top of models/x2vlm.py)."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from models.x2vlm import X2VLM  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+TINY_CONFIG = ROOT / "configs" / "models" / "tiny.yaml"
+CLS_ID, SEP_ID, MASK_ID, FIRST_WORD_ID = 2, 3, 4, 5  # token ids used by the synthetic batches
+
+
+def random_batch(cfg: dict, n_images: int = 2, n_texts: int = 3, seq_len: int = 8, n_masked: int = 2,
+                 generator: torch.Generator | None = None) -> dict[str, Any]:
+    """A random pretraining batch for ``cfg`` (full config): ``n_texts`` texts over ``n_images`` images.
+
+    Texts are ``[CLS] words [SEP] pad...`` with varying lengths; odd rows are region texts.
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    m = cfg["model"]
+    vocab = m["text"]["config"].get("vocab_size", 512)
+    res = m["image_res"]
+    images = torch.randn(n_images, 3, res, res, generator=generator)
+    lengths = [seq_len - (i % 3) for i in range(n_texts)]  # some rows padded
+    text_ids = torch.zeros(n_texts, seq_len, dtype=torch.long)
+    text_atts = torch.zeros(n_texts, seq_len, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        text_ids[i, 0] = CLS_ID
+        text_ids[i, 1:n - 1] = torch.randint(FIRST_WORD_ID, vocab, (n - 2,), generator=generator)
+        text_ids[i, n - 1] = SEP_ID
+        text_atts[i, :n] = 1
+    # masked positions among the words (1 .. n-2) of every row
+    positions = torch.stack([torch.randperm(lengths[i] - 2, generator=generator)[:n_masked] + 1
+                             for i in range(n_texts)])
+    labels = torch.gather(text_ids, 1, positions)
+    labels[0, -1] = -100  # padding in the labels
+    mlm_ids = text_ids.clone()
+    mlm_ids.scatter_(1, positions, MASK_ID)
+    centre = torch.rand(n_texts, 2, generator=generator) * 0.5 + 0.25
+    size = torch.rand(n_texts, 2, generator=generator) * 0.3 + 0.2
+    return {
+        "images": images,
+        "text_ids": text_ids,
+        "text_atts": text_atts,
+        "image_index": torch.arange(n_texts) % n_images,
+        "boxes": torch.cat([centre, size], dim=1),
+        "is_region": torch.arange(n_texts) % 2 == 1,
+        "ids": torch.arange(n_texts),
+        "mlm_ids": mlm_ids,
+        "mlm_positions": positions,
+        "mlm_labels": labels,
+    }
+
+
+@pytest.fixture
+def tiny_cfg() -> dict:
+    """The full resolved tiny config (defaults + configs/models/tiny.yaml)."""
+    return load_config(TINY_CONFIG)
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg: dict) -> X2VLM:
+    """A freshly built tiny model (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return X2VLM.from_config(tiny_cfg).eval()
+
+
+@pytest.fixture
+def make_batch(tiny_cfg: dict) -> Callable[..., dict[str, Any]]:
+    """``make_batch(**kwargs)`` → :func:`random_batch` for the tiny config (kwargs passed through)."""
+    def make(**kwargs: Any) -> dict[str, Any]:
+        return random_batch(kwargs.pop("cfg", tiny_cfg), **kwargs)
+    return make

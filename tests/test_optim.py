@@ -1,0 +1,48 @@
+"""Weight-decay groups, the fresh-parameter learning-rate multiplier, and the schedule."""
+import pytest
+import torch
+
+from models.x2vlm import X2VLM
+from utils.optim import build_optimizer, build_scheduler, no_weight_decay, param_groups
+
+
+def test_no_decay_rules(tiny_model: X2VLM) -> None:
+    params = dict(tiny_model.named_parameters())
+    assert no_weight_decay("temp", params["temp"])
+    assert no_weight_decay("vision_encoder.blocks.0.gamma_1", params["vision_encoder.blocks.0.gamma_1"])
+    assert no_weight_decay("text_encoder.embeddings.word_embeddings.weight",
+                           params["text_encoder.embeddings.word_embeddings.weight"])
+    assert not no_weight_decay("fusion.layer.0.crossattention.self.key.weight",
+                               params["fusion.layer.0.crossattention.self.key.weight"])
+
+
+def test_param_groups_cover_every_parameter_once(tiny_model: X2VLM) -> None:
+    fresh = {n for n, _ in tiny_model.named_parameters() if n.startswith(("itm_head", "bbox_head"))}
+    groups = param_groups(tiny_model, lr=1e-4, weight_decay=0.05, lr_mult=3.0, fresh=fresh)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(tiny_model.parameters()))
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    named = dict(tiny_model.named_parameters())
+    assert by_param[id(named["itm_head.0.weight"])]["lr"] == pytest.approx(3e-4)
+    assert by_param[id(named["itm_head.0.weight"])]["weight_decay"] == 0.05
+    assert by_param[id(named["itm_head.0.bias"])]["weight_decay"] == 0.0
+    assert by_param[id(named["vision_proj.weight"])]["lr"] == pytest.approx(1e-4)
+
+
+def test_linear_warmup_then_decay() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = build_scheduler(opt, {"name": "linear", "warmup": 0.2}, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert lrs[-1] == pytest.approx(0.125)
+
+
+def test_build_optimizer_uses_config(tiny_model: X2VLM) -> None:
+    opt = build_optimizer(tiny_model, {"lr": 2e-4, "weight_decay": 0.01, "lr_mult": 2.0, "betas": [0.9, 0.98]})
+    assert opt.defaults["betas"] == (0.9, 0.98)
+    assert {g["lr"] for g in opt.param_groups} == {2e-4}

@@ -1,0 +1,118 @@
+"""The shared training loop: learning, exact resume, crash-safe checkpoints, non-finite skipping."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from models.x2vlm import X2VLM
+from tests.conftest import ROOT, random_batch
+from utils.config import apply_overrides
+from utils.dist import DistInfo
+from utils.train_state import checkpoint_paths, load_train_state, save_train_state
+from utils.trainer import NonFiniteLossError, Trainer
+
+
+def train_cfg(tiny_cfg: dict, out: Path, steps: int, **extra: Any) -> dict:
+    overrides = [f"output_dir={out}", f"train.steps={steps}", "train.log_every=1", "train.ckpt_every=3",
+                 "optimizer.lr=0.001", "scheduler.warmup=2", "train.keep_last=2"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return apply_overrides(tiny_cfg, overrides)
+
+
+def batches(cfg: dict):
+    def factory(start: int) -> Iterator[dict[str, Any]]:
+        i = start
+        while True:
+            yield random_batch(cfg, n_images=3, n_texts=5, generator=torch.Generator().manual_seed(1000 + i))
+            i += 1
+    return factory
+
+
+def make_trainer(cfg: dict) -> Trainer:
+    torch.manual_seed(0)
+    return Trainer(cfg, X2VLM.from_config(cfg), DistInfo())
+
+
+def test_resume_is_exact(tiny_cfg: dict, tmp_path: Path) -> None:
+    full = make_trainer(train_cfg(tiny_cfg, tmp_path / "full", 6, **{"train.grad_accum": 2}))
+    full.fit(batches(full.cfg))
+
+    cfg = train_cfg(tiny_cfg, tmp_path / "parts", 6, **{"train.grad_accum": 2})
+    first = make_trainer(cfg)
+    first.fit(batches(cfg), stop_after=3)
+    assert [p.name for p in checkpoint_paths(cfg["output_dir"])] == ["step_00000003.pt"]
+    torch.manual_seed(123)  # a different RNG state must be overwritten by the resume
+    second = make_trainer(cfg)
+    assert second.resume("latest") and second.step == 3
+    second.fit(batches(cfg))
+    for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert second.samples_seen == full.samples_seen
+
+
+def test_loss_falls_and_logs(tiny_cfg: dict, tmp_path: Path) -> None:
+    cfg = train_cfg(tiny_cfg, tmp_path, 12)
+    trainer = make_trainer(cfg)
+    fixed = random_batch(cfg, n_images=3, n_texts=5)
+    trainer.fit(lambda start: iter(lambda: fixed, None))
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    import json
+    records = [json.loads(x) for x in lines]
+    assert records[0]["step"] == 1 and records[-1]["step"] == 12
+    assert {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou", "lr", "images_per_s"} <= set(records[0])
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"]
+    assert len(checkpoint_paths(tmp_path)) == 2  # keep_last
+
+
+def test_nonfinite_steps_are_skipped_then_abort(tiny_cfg: dict, tmp_path: Path) -> None:
+    cfg = train_cfg(tiny_cfg, tmp_path, 10, **{"train.max_nonfinite": 3})
+    trainer = make_trainer(cfg)
+    good = random_batch(cfg)
+    bad = {**good, "images": torch.full_like(good["images"], float("nan"))}
+    stream = iter([good, bad, good, bad, bad, bad, good])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(lambda start: stream)
+    assert trainer.skipped_nonfinite == 4  # 1 isolated + 3 in a row
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+KILL_SCRIPT = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+from utils import train_state
+real_save = torch.save
+def slow_save(obj, f):
+    f.write(b"partial checkpoint bytes")
+    f.flush()
+    time.sleep(60)
+torch.save = slow_save
+train_state.save_train_state({out!r}, 2, {{"model": {{"w": torch.ones(3)}}}})
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path: Path) -> None:
+    save_train_state(tmp_path, 1, {"model": {"w": torch.zeros(3)}})
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(root=str(ROOT), out=str(tmp_path))])
+    tmp_file = tmp_path / "checkpoints" / ".step_00000002.pt.tmp"
+    for _ in range(600):
+        if tmp_file.exists() and tmp_file.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert tmp_file.exists(), "the writer never started"
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == ["step_00000001.pt"]
+    state = load_train_state(paths[-1])
+    assert torch.equal(state["model"]["w"], torch.zeros(3)) and state["step"] == 1
