@@ -12,7 +12,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     summed over all ranks' losses (so DDP's gradient average equals the single-process gradient)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    return torch.cat([t if i != dist.get_rank() else x for i, t in enumerate(_all_gather_with_grad(x.contiguous()))], dim=0).detach() + 0 * x.sum()
+    return torch.cat(_all_gather_with_grad(x.contiguous()), dim=0)
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
