@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny config/model and a random pretraining batch (contract: top of models/x2vlm.py)."""
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# The test tensors are tiny: intra-op threads buy nothing, and on a shared 2-core machine two OpenMP
+# threads per process oversubscribe the cores and make steps 10-50x slower. Set OMP_NUM_THREADS to override.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
 
 from models.x2vlm import X2VLM  # noqa: E402
 from utils.config import load_config  # noqa: E402
