@@ -49,7 +49,9 @@ def test_encode_image_with_boxes_and_index(tiny_model: X2VLM) -> None:
         concepts, atts = tiny_model.encode_image(images, boxes, index)
     assert concepts.shape == (3, 65, 64)
     assert torch.equal(atts, box_patch_mask(boxes, 8))
-    assert int(atts[0].sum()) == 1 + 16 and int(atts[1].sum()) == 65 and int(atts[2].sum()) == 1 + 4  # x, y in [6.8, 7.6] → patches 6 and 7 on both axes
+    # box 0: a 4x4 block of patches; box 1: all; box 2: x, y in [7.1, 7.9] patch units → only the last patch
+    assert int(atts[0].sum()) == 1 + 16 and int(atts[1].sum()) == 65 and int(atts[2].sum()) == 1 + 1
+    assert atts[2, -1] == 1
     for row, img in enumerate(index.tolist()):
         assert torch.allclose(concepts[row, 1:], full[img, 1:])
         selected = full[img, 1:][atts[row, 1:].bool()]
