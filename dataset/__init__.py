@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
@@ -42,18 +41,9 @@ TASKS = ("pretrain_images", "pretrain_regions", "pretrain_videos", "retrieval", 
 
 
 def load_tokenizer(cfg: dict):
-    """The text encoder's tokenizer (``model.text``). A WordPiece vocab.txt is checked to load in full."""
-    from transformers import BertTokenizerFast
-
+    """The text encoder's tokenizer (``model.text``; see :func:`models.text.build_tokenizer`)."""
     from models.text import build_tokenizer
-    text_cfg = cfg["model"]["text"]
-    tok = build_tokenizer(text_cfg)
-    source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
-    if source and Path(source).is_file():
-        n_lines = sum(1 for line in open(source, encoding="utf-8") if line.strip())
-        if len(tok) != n_lines:  # transformers 5 takes the file as `vocab=` (older: `vocab_file=`)
-            tok = BertTokenizerFast(vocab=str(source), do_lower_case=True)
-    return tok
+    return build_tokenizer(cfg["model"]["text"])
 
 
 def text_processor(cfg: dict, tokenizer, mlm: bool = True) -> TextProcessor:
