@@ -46,26 +46,35 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tens
 
 @torch.no_grad()
 def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
-                          ids: torch.Tensor | None = None, generator: torch.Generator | None = None
+                          ids: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                          noise: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per concept a negative text and per text a negative concept, drawn ∝ softmax(similarity).
 
-    Pairs with the same id (or the pair itself) are never drawn. Vectorised (one multinomial per
-    direction, no host sync). Returns ``(neg_image_for_text, valid_t, neg_text_for_image, valid_i)``:
-    rows with no admissible negative (every item shares their id) get ``valid = False``.
+    Pairs with the same id (or the pair itself) are never drawn. Vectorised (one draw per direction, no
+    host sync). ``noise`` ``(2, n, n)`` of uniform (0, 1) values makes the draw a deterministic function
+    of it (Gumbel-max: argmax(log w − log(−log u)) samples ∝ w), so processes that share the noise draw
+    the same negatives; without it ``torch.multinomial`` draws with ``generator``.
+    Returns ``(neg_image_for_text, valid_t, neg_text_for_image, valid_i)``: rows with no admissible
+    negative (every item shares their id) get ``valid = False``.
     """
     n = image_feat.shape[0]
     sim = (image_feat.float() @ text_feat.float().t()) / temp.float()
     same = torch.eye(n, dtype=torch.bool, device=sim.device) if ids is None else ids.view(-1, 1) == ids.view(1, -1)
 
-    def draw(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(scores: torch.Tensor, uniform: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         weights = (F.softmax(scores, dim=1) + 1e-5).masked_fill(same, 0.0)
         valid = weights.sum(1) > 0
         weights = torch.where(valid[:, None], weights, torch.ones_like(weights))
-        return torch.multinomial(weights, 1, generator=generator).squeeze(1), valid
+        if uniform is None:
+            return torch.multinomial(weights, 1, generator=generator).squeeze(1), valid
+        gumbel = -torch.log(-torch.log(uniform.to(weights.device).clamp(1e-12, 1 - 1e-7)))
+        return (weights.log() + gumbel).argmax(dim=1), valid
 
-    neg_text, valid_i = draw(sim)
-    neg_image, valid_t = draw(sim.t())
+    if noise is not None and noise.shape != (2, n, n):
+        raise ValueError(f"noise must have shape (2, {n}, {n}), got {tuple(noise.shape)}")
+    neg_text, valid_i = draw(sim, None if noise is None else noise[0])
+    neg_image, valid_t = draw(sim.t(), None if noise is None else noise[1])
     return neg_image, valid_t, neg_text, valid_i
 
 

@@ -8,7 +8,8 @@ image/video ``image_index[i]`` of the pool ``[images..., videos...]`` (default: 
 ``boxes`` (N, 4) normalised (cx, cy, w, h) and ``is_region`` (N,) bool — rows that describe a box
 (their concept is the box's patches, and they get the bbox loss); ``ids`` (N,) optional ITC ids
 (equal id = positive pair); ``mlm_ids`` (N, L) masked input, ``mlm_positions`` (N, M),
-``mlm_labels`` (N, M) with -100 padding.
+``mlm_labels`` (N, M) with -100 padding; ``sample_seed`` (int) optional — seeds the ITM hard-negative
+draws so they are reproducible and identical however the global batch is split over processes.
 """
 from __future__ import annotations
 
@@ -77,14 +78,22 @@ class X2VLM(nn.Module):
         """
         model_cfg = _model_section(cfg)
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
+        pretrained: set[str] = set()
         if load_weights:
             from models.checkpoint import load_vision_weights
             if model_cfg["vision"].get("checkpoint"):
                 model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"])
-            if model_cfg["text"].get("name_or_path") and model_cfg["fusion"].get("init_from_text", True):
-                model.init_fusion_from_text()
+                pretrained |= {"vision_encoder." + k for k in _report_keys(model.init_report)}
+            if model_cfg["text"].get("name_or_path"):
+                pretrained |= {n for n, _ in model.named_parameters() if n.startswith("text_encoder.")}
+                if model_cfg["fusion"].get("init_from_text", True):
+                    pretrained |= set(model.init_fusion_from_text())
             if model_cfg.get("checkpoint"):
                 model.load_report = model.load_checkpoint(model_cfg["checkpoint"])
+                pretrained |= set(_report_keys(model.load_report))
+        # parameters no pretrained weight reached get optimizer.lr_mult (none when training from scratch)
+        names = {n for n, _ in model.named_parameters()}
+        model.fresh_parameters = names - pretrained if pretrained else set()
         return model
 
     def _init_new_modules(self) -> None:
@@ -103,7 +112,7 @@ class X2VLM(nn.Module):
 
     def init_fusion_from_text(self) -> list[str]:
         """Copy the top text layers' self-attention and FFN into the fusion layers (the official init:
-        fusion layer i ← text layer ``n_text - n_fusion + i``). Returns the copied layer pairs."""
+        fusion layer i ← text layer ``n_text - n_fusion + i``). Returns the fusion keys written."""
         text_layers = self.text_encoder.encoder.layer
         fusion_layers = self.fusion.layer
         offset = len(text_layers) - len(fusion_layers)
@@ -113,7 +122,7 @@ class X2VLM(nn.Module):
             own = fl.state_dict()
             shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
             fl.load_state_dict(shared, strict=False)
-            copied.append(f"text layer {offset + i} -> fusion layer {i}")
+            copied += [f"fusion.layer.{i}.{k}" for k in sorted(shared)]
         return copied
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -131,7 +140,14 @@ class X2VLM(nn.Module):
 
     @torch.no_grad()
     def clamp_temperature(self) -> None:
+        """Keep the parameter in [temp_min, temp_max] (the trainer calls this after each step)."""
         self.temp.clamp_(self.cfg["temp_min"], self.cfg["temp_max"])
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The ITC temperature as used: clamped in the graph too, for engines (DeepSpeed) whose master
+        weights live in the optimizer where :meth:`clamp_temperature` cannot reach them."""
+        return self.temp.clamp(self.cfg["temp_min"], self.cfg["temp_max"])
 
     # ------------------------------------------------------------------ encoders
     @property
@@ -227,10 +243,10 @@ class X2VLM(nn.Module):
             image_feat = self.image_features(concepts)
             text_feat = self.text_features(text_embeds)
         if cfg.get("itc", True):
-            out["loss_itc"] = L.itc_loss(image_feat, text_feat, self.temp, ids)
+            out["loss_itc"] = L.itc_loss(image_feat, text_feat, self.temperature, ids)
         if cfg.get("itm", True):
             out["loss_itm"] = self._itm_loss(concepts, concept_atts, image_feat, text_embeds, text_atts,
-                                             text_feat, ids, generator)
+                                             text_feat, ids, generator, batch.get("sample_seed"))
         if cfg.get("mlm", True) and batch.get("mlm_ids") is not None:
             masked = self.encode_text(batch["mlm_ids"], text_atts)
             fused = self.fuse(concepts, concept_atts, masked, text_atts)
@@ -242,10 +258,24 @@ class X2VLM(nn.Module):
         out["loss"] = sum(out.values()) if out else torch.zeros((), device=text_ids.device)
         return out
 
-    def _itm_loss(self, concepts, concept_atts, image_feat, text_embeds, text_atts, text_feat, ids, generator):
+    def _itm_loss(self, concepts, concept_atts, image_feat, text_embeds, text_atts, text_feat, ids, generator,
+                  sample_seed: int | None = None):
         n = concepts.shape[0]
-        neg_image, valid_t, neg_text, valid_i = L.sample_hard_negatives(image_feat, text_feat, self.temp, ids,
-                                                                        generator)
+        group = int(self.loss_cfg.get("itm_neg_group", 0) or n)
+        if n % group:
+            raise ValueError(f"loss.itm_neg_group={group} does not divide the {n} texts of the batch")
+        noise = None if sample_seed is None else _negative_noise(n, group, sample_seed, concepts.device)
+        neg_image, valid_t, neg_text, valid_i = [], [], [], []
+        for start in range(0, n, group):  # negatives come from the text's own group only
+            part = slice(start, start + group)
+            img, ok_t, txt, ok_i = L.sample_hard_negatives(
+                image_feat[part], text_feat[part], self.temperature, None if ids is None else ids[part], generator,
+                None if noise is None else noise[:, part])
+            neg_image.append(img + start)
+            neg_text.append(txt + start)
+            valid_t.append(ok_t)
+            valid_i.append(ok_i)
+        neg_image, valid_t, neg_text, valid_i = map(torch.cat, (neg_image, valid_t, neg_text, valid_i))
         vision = torch.cat([concepts, concepts.index_select(0, neg_image), concepts])
         vision_atts = torch.cat([concept_atts, concept_atts.index_select(0, neg_image), concept_atts])
         text = torch.cat([text_embeds, text_embeds, text_embeds.index_select(0, neg_text)])
@@ -256,3 +286,20 @@ class X2VLM(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
         """Pretraining losses (see :meth:`forward_pretrain`)."""
         return self.forward_pretrain(batch)
+
+
+def _report_keys(report) -> list[str]:
+    """Model keys a checkpoint wrote: loaded plus resized (reported as ``key: shape -> shape``)."""
+    return list(report.loaded) + [entry.split(":", 1)[0] for entry in report.resized]
+
+
+def _negative_noise(n_local: int, group: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Uniform noise ``(2, n_local, group)`` for this rank's hard-negative draws, cut from one matrix over
+    the global batch that every rank generates from ``seed``: the draws of global row i are the same
+    whether it sits on rank 1 of 2 or in group 2 of a single process (see ``loss.itm_neg_group``)."""
+    import torch.distributed as dist
+    distributed = dist.is_available() and dist.is_initialized()
+    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    noise = torch.rand(2, world * n_local, group, generator=gen, device=device)
+    return noise[:, rank * n_local:(rank + 1) * n_local]

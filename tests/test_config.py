@@ -23,7 +23,7 @@ def test_defaults_load() -> None:
     assert cfg["model"]["image_res"] == 224
     assert cfg["model"]["vision"]["width"] == 768
     assert cfg["model"]["text"]["config"] == {}
-    assert cfg["loss"] == {"itc": True, "itm": True, "mlm": True, "bbox": True}
+    assert cfg["loss"] == {"itc": True, "itm": True, "mlm": True, "bbox": True, "itm_neg_group": 0}
 
 
 def test_tiny_preset_merges_over_defaults(tiny_cfg: dict) -> None:

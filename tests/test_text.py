@@ -127,7 +127,15 @@ def test_init_fusion_from_text_copies_top_layers(tmp_path: Path) -> None:
         # and not from the wrong text layer
         assert not torch.equal(fl.attention.self.query.weight, text_layers[i].attention.self.query.weight)
     assert copied_keys == 2 * 16  # q/k/v, attention output, intermediate, output (weights + biases + LNs)
-    assert model.init_fusion_from_text() == ["text layer 1 -> fusion layer 0", "text layer 2 -> fusion layer 1"]
+    copied = model.init_fusion_from_text()
+    assert len(copied) == copied_keys and "fusion.layer.1.attention.self.query.weight" in copied
+    assert not any("crossattention" in k for k in copied)
+    # lr_mult goes to what no pretrained weight reached: cross-attention and the new heads, not copied layers
+    fresh = model.fresh_parameters
+    assert "fusion.layer.0.crossattention.self.query.weight" in fresh and "itm_head.0.weight" in fresh
+    assert "temp" in fresh and "vision_proj.weight" in fresh
+    assert "fusion.layer.0.attention.self.query.weight" not in fresh
+    assert not any(n.startswith("text_encoder.") for n in fresh)
 
 
 def test_init_from_text_false_keeps_fresh_fusion(tmp_path: Path) -> None:

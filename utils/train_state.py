@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,15 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
     return path
 
 
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
 def save_train_state(output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep_last: int = 3) -> Path:
     """Write ``state`` as ``checkpoints/step_{step}.pt`` atomically and prune to the newest ``keep_last``."""
     folder = Path(output_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"step_{step:08d}.pt"
+    target = folder / checkpoint_name(step)
     tmp = folder / f".{target.name}.tmp"
     with open(tmp, "wb") as f:
         torch.save({**state, "step": step, "rng": rng_state()}, f)
@@ -78,6 +83,9 @@ def save_train_state(output_dir: str | os.PathLike, step: int, state: dict[str, 
     if keep_last > 0:
         for old in checkpoint_paths(output_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
+            shards = old.with_suffix(".ds")  # DeepSpeed ZeRO shards of that step, if any
+            if shards.is_dir():
+                shutil.rmtree(shards)
     return target
 
 

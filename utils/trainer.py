@@ -1,5 +1,5 @@
-"""The one training loop every task script uses: DDP, AMP, gradient accumulation and clipping,
-non-finite-loss skipping, JSON-lines + TensorBoard logs, step checkpoints and exact resume."""
+"""The one training loop every task script uses: DDP or DeepSpeed ZeRO, AMP, gradient accumulation and
+clipping, non-finite-loss skipping, JSON-lines + TensorBoard logs, step checkpoints and exact resume."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from utils import deepspeed_engine
+from utils.config import ConfigError
 from utils.dist import DistInfo, all_reduce_mean
 from utils.optim import build_optimizer, build_scheduler
 from utils.train_state import load_train_state, resolve_resume, save_train_state
@@ -29,8 +31,16 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype | None = None
+              ) -> dict[str, Any]:
+    """Tensors of ``batch`` on ``device``; floating ones cast to ``float_dtype`` if given."""
+    def move(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        if float_dtype is not None and v.is_floating_point():
+            return v.to(device, dtype=float_dtype, non_blocking=True)
+        return v.to(device, non_blocking=True)
+    return {k: move(v) for k, v in batch.items()}
 
 
 def count_images(batch: dict[str, Any]) -> int:
@@ -46,10 +56,10 @@ class Trainer:
 
     def __init__(self, cfg: dict, model: nn.Module, dist_info: DistInfo, fresh_params: set[str] | None = None):
         train = cfg["train"]
-        if train["engine"] != "ddp":
-            raise NotImplementedError(f"train.engine '{train['engine']}': only 'ddp' is implemented so far")
+        if train["engine"] not in ("ddp", "deepspeed"):
+            raise ConfigError(f"train.engine must be 'ddp' or 'deepspeed', got '{train['engine']}'")
         if train["precision"] not in _DTYPES:
-            raise ValueError(f"train.precision must be one of {sorted(_DTYPES)}, got '{train['precision']}'")
+            raise ConfigError(f"train.precision must be one of {sorted(_DTYPES)}, got '{train['precision']}'")
         self.cfg, self.train_cfg, self.dist = cfg, train, dist_info
         self.output_dir = Path(cfg["output_dir"])
         self.model = model.to(dist_info.device)
@@ -57,12 +67,23 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg["scheduler"], train["steps"])
         self.dtype = _DTYPES[train["precision"]]
         self.scaler = torch.amp.GradScaler(dist_info.device.type, enabled=train["precision"] == "fp16")
+        self.deepspeed = train["engine"] == "deepspeed"
         self.engine: nn.Module = self.model
-        if dist_info.distributed:
+        self._shapes = {k: v.shape for k, v in self.model.state_dict().items()}
+        if self.deepspeed:
+            # DeepSpeed holds the model in bf16/fp16 (fp32 master weights in the optimizer), accumulates,
+            # clips and skips overflowing steps itself; inputs are cast to the model's dtype
+            self.engine, self._ds_optimizer = deepspeed_engine.init_engine(self.model, self.optimizer, cfg)
+            self.scaler = torch.amp.GradScaler(enabled=False)
+        elif dist_info.distributed:
             ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-            self.engine = DistributedDataParallel(self.model, device_ids=ids)
+            self.engine = DistributedDataParallel(self.model, device_ids=ids,
+                                                  find_unused_parameters=train["ddp_find_unused"])
         if train["compile"]:
-            self.engine = torch.compile(self.engine)
+            if self.deepspeed:
+                self.engine.compile()  # DeepSpeed compiles its wrapped module in place
+            else:
+                self.engine = torch.compile(self.engine)
         self.step = 0
         self.samples_seen = 0
         self.skipped_nonfinite = 0
@@ -72,10 +93,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
-                "micro_batches": self.step * self.train_cfg["grad_accum"]}
+        state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
+                 "micro_batches": self.step * self.train_cfg["grad_accum"], "engine": self.train_cfg["engine"]}
+        if not self.deepspeed:
+            state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
+        return state
 
     def resume(self, resume: str | None) -> bool:
         """Restore everything from a step checkpoint (``latest`` or a path); False if there is none."""
@@ -83,8 +106,14 @@ class Trainer:
         if path is None:
             return False
         state = load_train_state(path, map_location=self.dist.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        engine = state.get("engine", "ddp")
+        if engine != self.train_cfg["engine"]:
+            raise ConfigError(f"{path} was written with train.engine '{engine}'; resume it with that engine")
+        if self.deepspeed:
+            deepspeed_engine.load_shards(self.engine, path)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
@@ -94,9 +123,15 @@ class Trainer:
         return True
 
     def save(self) -> Path | None:
+        """Write a step checkpoint (rank 0; every rank takes part under DeepSpeed). Returns its path on rank 0."""
+        from utils.train_state import CKPT_DIR, checkpoint_name
+        state = self.state_dict()
+        if self.deepspeed:
+            target = self.output_dir / CKPT_DIR / checkpoint_name(self.step)
+            state["model"] = deepspeed_engine.save_shards(self.engine, target, self._shapes)
         if not self.dist.is_main:
             return None
-        return save_train_state(self.output_dir, self.step, self.state_dict(), self.train_cfg["keep_last"])
+        return save_train_state(self.output_dir, self.step, state, self.train_cfg["keep_last"])
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -115,6 +150,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+        if self.deepspeed:
+            out = self.engine(batch)
+            self.engine.backward(out["loss"])  # DeepSpeed divides by the accumulation steps itself
+            self.engine.step()  # a no-op except at the accumulation boundary
+            return out
         ctx = contextlib.nullcontext() if sync or not isinstance(self.engine, DistributedDataParallel) \
             else self.engine.no_sync()
         with ctx:
@@ -125,13 +165,18 @@ class Trainer:
 
     def _finish_step(self, finite: bool) -> None:
         if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
+            if not self.deepspeed:  # DeepSpeed has already dropped the step (its overflow check)
+                self.optimizer.zero_grad(set_to_none=True)
             self.skipped_nonfinite += 1
             self._nonfinite_run += 1
             if self._nonfinite_run >= self.train_cfg["max_nonfinite"]:
                 raise NonFiniteLossError(f"{self._nonfinite_run} non-finite losses in a row at step {self.step}")
             return
         self._nonfinite_run = 0
+        if self.deepspeed:
+            if self.engine.was_step_applied():
+                self.scheduler.step()
+            return
         if self.train_cfg["clip_grad"] > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg["clip_grad"])
@@ -161,7 +206,9 @@ class Trainer:
         while self.step < total:
             losses = defaultdict(float)
             for micro in range(accum):
-                batch = to_device(next(it), self.dist.device)
+                batch = to_device(next(it), self.dist.device, self.dtype if self.deepspeed else None)
+                # seeds the model's sampling (ITM negatives): reproducible, and equal for equal global batches
+                batch["sample_seed"] = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
                 out = self._micro_step(batch, sync=micro == accum - 1)
                 for k, v in out.items():
                     losses[k] += v.detach().float() / accum
