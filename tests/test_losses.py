@@ -205,9 +205,11 @@ def test_hard_negatives_pick_the_overwhelmingly_similar_one() -> None:
     assert sum(d[0][2].item() == 0 for d in draws) >= 99  # text 2's negative image: image 0
 
 
-def test_hard_negatives_follow_softmax_of_similarity() -> None:
+@pytest.mark.parametrize("draw", ["multinomial", "gumbel"])
+def test_hard_negatives_follow_softmax_of_similarity(draw: str) -> None:
     """m anchor rows share one id (so they exclude each other); each may draw text m (logit log 3) or
-    text m+1 (logit 0): a 3 : 1 split. The anchors' own texts are far away (logit -30)."""
+    text m+1 (logit 0): a 3 : 1 split. The anchors' own texts are far away (logit -30). Both the
+    multinomial and the seeded Gumbel-max (shared noise) draws must follow it."""
     m = 3000
     image = torch.zeros(m + 2, 2)
     image[:m, 0] = 1.0
@@ -217,7 +219,8 @@ def test_hard_negatives_follow_softmax_of_similarity() -> None:
     text[m, 0] = math.log(3.0)
     ids = torch.cat([torch.zeros(m, dtype=torch.long), torch.tensor([1, 2])])
     g = torch.Generator().manual_seed(1)
-    neg_image, valid_t, neg_text, valid_i = L.sample_hard_negatives(image, text, torch.tensor(1.0), ids, g)
+    noise = torch.rand(2, m + 2, m + 2, generator=g) if draw == "gumbel" else None
+    neg_image, valid_t, neg_text, valid_i = L.sample_hard_negatives(image, text, torch.tensor(1.0), ids, g, noise)
     assert valid_i.all() and valid_t.all()
     picks = neg_text[:m]
     assert set(picks.tolist()) <= {m, m + 1}
@@ -237,6 +240,24 @@ def test_hard_negatives_reproducible_with_generator() -> None:
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
     assert not (torch.equal(a[0], c[0]) and torch.equal(a[2], c[2]))
+
+
+def test_hard_negatives_are_a_function_of_the_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    image = F.normalize(torch.randn(n, 8, generator=g), dim=-1)
+    text = F.normalize(torch.randn(n, 8, generator=g), dim=-1)
+    noise = torch.rand(2, n, n, generator=g)
+    temp = torch.tensor(0.5)
+    a = L.sample_hard_negatives(image, text, temp, None, torch.Generator().manual_seed(1), noise)
+    b = L.sample_hard_negatives(image, text, temp, None, torch.Generator().manual_seed(2), noise)
+    c = L.sample_hard_negatives(image, text, temp, None, None, torch.rand(2, n, n, generator=g))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)  # the generator is not used when noise is given
+    assert not (torch.equal(a[0], c[0]) and torch.equal(a[2], c[2]))
+    assert (a[0] != torch.arange(n)).all() and (a[2] != torch.arange(n)).all()
+    with pytest.raises(ValueError, match="noise must have shape"):
+        L.sample_hard_negatives(image, text, temp, None, None, torch.rand(2, n, n - 1))
 
 
 # ----------------------------------------------------------------------------------- ITM and MLM

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from models import losses as L
 from models.vision import box_patch_mask
 from models.x2vlm import X2VLM
-from utils.config import load_config
+from utils.config import apply_overrides, load_config
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "models" / "tiny.yaml"
 LOSS_KEYS = {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou"}
@@ -306,3 +307,28 @@ def test_tiny_model_learns_synthetic_task() -> None:
     for k in ("loss_itc", "loss_mlm", "loss_bbox", "loss_giou"):
         assert after[k] < 0.5 * before[k], (k, before[k], after[k])
     assert i2t == 1.0 and t2i == 1.0, (i2t, t2i)
+
+
+def test_itm_negatives_stay_in_their_group_and_follow_the_seed(tiny_cfg: dict, make_batch: Callable[..., dict],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = X2VLM.from_config(apply_overrides(tiny_cfg, ["loss.itm_neg_group=3"])).eval()
+    drawn = []
+    original = L.sample_hard_negatives
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        drawn.append(out)
+        return out
+
+    monkeypatch.setattr(L, "sample_hard_negatives", spy)
+    batch = make_batch(n_images=3, n_texts=6)
+    batch["ids"] = torch.arange(6)
+    with torch.no_grad():
+        a = model.forward_pretrain({**batch, "sample_seed": 5})["loss_itm"]
+        b = model.forward_pretrain({**batch, "sample_seed": 5})["loss_itm"]
+    assert len(drawn) == 4 and all(d[0].shape == (3,) for d in drawn)  # 2 groups of 3, per forward
+    assert all(int(d[0].max()) < 3 and int(d[2].max()) < 3 for d in drawn)  # indices within the group
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(drawn[0], drawn[2], strict=True))
+    with pytest.raises(ValueError, match="itm_neg_group=4"):
+        X2VLM.from_config(apply_overrides(tiny_cfg, ["loss.itm_neg_group=4"])).forward_pretrain(batch)
