@@ -94,11 +94,15 @@ def create_dataset(task: str, cfg: dict, split: str = "train", tokenizer=None, r
                                    sec["image_key"], sec["caption_key"], sec["is_image_rpath"], sec["max_regions"],
                                    **common)
         else:
+            # official clip merging (configs/pretrain/x2vlm_*_stage2.yaml): on unless the config says otherwise
             ds = VideoTextDataset([] if _is_shards(files) else files, text, image_transform(cfg, train, True),
                                   sec["video_key"], sec["caption_key"], sec["is_image_rpath"], sec["frame_len"],
+                                  combine_continuous_clips=sec["combine_continuous_clips"],
+                                  min_frames_before_sampling=sec["min_frames_before_sampling"],
                                   **common)
         if _is_shards(files):
-            return ShardStream(files, ds.from_record, image_key=sec.get("image_key", "binary"), rank=rank,
+            return ShardStream(files, ds.from_record, image_key=sec.get("image_key", "binary"),
+                               video_key=sec.get("video_key"), rank=rank,
                                world_size=world_size, seed=cfg["seed"], shuffle=train,
                                shuffle_buffer=d["wds_shuffle_buffer"] if train else 0, training=train,
                                max_bad_fraction=d["max_bad_fraction"], bad_window=d["bad_window"])

@@ -1,6 +1,10 @@
 """Masked-language-modelling targets with the official recipe: mask ``mask_prob`` of the tokens (at least one,
 at most ``max_masks``), spans of 2..``skipgram_size`` tokens with probability ``skipgram_prb``, whole words kept
-together, and each chosen token replaced by [MASK] 80% / a random token 10% / itself 10%."""
+together, and each chosen token replaced by [MASK] 80% / a random token 10% / itself 10%.
+
+The random replacement is drawn uniformly from the whole vocabulary, special tokens included, as the official
+``TextMaskingGenerator.get_random_word`` does (``dataset/pretrain_dataset.py``: a uniform id in
+``[0, len(vocab) - 1]``)."""
 from __future__ import annotations
 
 import random
@@ -42,8 +46,8 @@ class MaskGenerator:
         self.whole_word = whole_word
         self.mask_id = tokenizer.mask_token_id
         self.cont = continuation_table(tokenizer)
-        special = set(tokenizer.all_special_ids)
-        self.random_ids = np.array([i for i in range(len(self.cont)) if i not in special], dtype=np.int64)
+        # every id of the vocabulary (added tokens too), specials included: the official recipe's draw
+        self.random_ids = np.array(sorted(set(tokenizer.get_vocab().values())), dtype=np.int64)
 
     def _span(self, ids: list[int], start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
         if self.whole_word:

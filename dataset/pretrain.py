@@ -17,7 +17,7 @@ from dataset.io import AnnotationIndex, BadSample, load_image
 from dataset.robust import SkipGuard, robust_fetch
 from dataset.text import TextProcessor, choose_caption
 from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
-from dataset.video import load_frames
+from dataset.video import load_frames, select_clips
 
 log = logging.getLogger("x2vlm.data")
 WHOLE_IMAGE_BOX = (0.5, 0.5, 1.0, 1.0)
@@ -124,23 +124,54 @@ class RegionTextDataset(_AnnotationDataset):
 
 
 class VideoTextDataset(_AnnotationDataset):
-    """Records ``{video_key: [base64 frames] | [[clip frames], ...] | frame folder | video file, caption_key}``."""
+    """Video-text records in the official layout ``{video_key: ..., caption_key: ..., is_continuous?: bool}``.
+
+    The video field holds one of
+
+    * a list of frames (base64 text, or frame paths with ``is_image_rpath``); a caption list → one is drawn;
+    * a list of clips, each a list of frames, with one caption per clip (a plain caption string is accepted
+      too). With ``is_continuous`` true the clips are consecutive pieces of one video: a contiguous run of
+      clips holding at least ``min_frames_before_sampling`` frames is merged into one frame list and their
+      captions are joined with spaces (only when ``combine_continuous_clips``; else a single clip is used).
+      Otherwise one random clip and its caption are used. Clips captioned ``[Music]`` are never used
+      (see :func:`dataset.video.select_clips`);
+    * a frame folder, a video file or a ``.json`` file of base64 frames (path), or encoded video bytes.
+
+    ``frame_len`` frames are then sampled from the (merged) frame list, one per equal segment.
+    """
 
     name = "video-text"
 
     def __init__(self, files, text: TextProcessor, transform: ImageTransform, video_key: str = "video_frames",
-                 caption_key: str = "text", is_image_rpath: bool = False, frame_len: int = 3, **kw):
+                 caption_key: str = "text", is_image_rpath: bool = False, frame_len: int = 3,
+                 combine_continuous_clips: bool = True, min_frames_before_sampling: int = 8, **kw):
         super().__init__(files, text, **kw)
         self.transform, self.video_key, self.caption_key = transform, video_key, caption_key
         self.is_path, self.frame_len = is_image_rpath, frame_len
+        self.combine_continuous_clips = combine_continuous_clips
+        self.min_frames_before_sampling = min_frames_before_sampling
+
+    def select(self, ann: dict, rng: random.Random | None = None) -> tuple[Any, str]:
+        """The record's frame source (merged frame list for clip records) and its caption text."""
+        rng = rng or random
+        video, caption = ann[self.video_key], ann[self.caption_key]
+        if isinstance(video, list) and video and all(isinstance(c, list) for c in video):
+            per_clip = isinstance(caption, list)
+            if per_clip and len(caption) != len(video):
+                raise BadSample(f"{len(video)} clips but {len(caption)} clip captions")
+            continuous = bool(ann.get("is_continuous", False))
+            min_frames = self.min_frames_before_sampling if self.combine_continuous_clips else -1
+            ids = select_clips(video, caption if per_clip else None, continuous, min_frames, rng)
+            frames = [f for i in ids for f in video[i]]
+            if per_clip:
+                if not all(isinstance(caption[i], str) for i in ids):
+                    raise BadSample("clip captions must be strings")
+                caption = " ".join(caption[i] for i in ids)
+            return frames, choose_caption(caption, rng=rng)
+        return video, choose_caption(caption, rng=rng)
 
     def from_record(self, ann: dict) -> dict:
-        video, caption = ann[self.video_key], ann[self.caption_key]
-        if isinstance(video, list) and video and isinstance(video[0], list):  # clips with one caption each
-            k = random.randrange(len(video))
-            video = video[k]
-            caption = caption[k] if isinstance(caption, list) and len(caption) == len(video) else caption
-        caption = choose_caption(caption)
+        video, caption = self.select(ann)
         frames = load_frames(video, self.frame_len, self.training, root=self.root, is_path=self.is_path)
         pixels, (caption,) = self.transform(frames, [caption])
         return {"video": pixels, **self.text.encode(caption)}

@@ -54,6 +54,37 @@ def test_80_10_10_replacement(tok):
     assert abs((c["same"] + c["random"]) / n - 0.2) < 0.03 and c["random"] > 0.06 * n
 
 
+def test_random_replacement_draws_from_the_whole_vocabulary(tmp_path):
+    """The 10% random tokens are uniform over every vocabulary id, special tokens included (official
+    ``get_random_word``); 80% [MASK], 10% unchanged."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (tmp_path / "vocab.txt").write_text("\n".join(specials + ["cat", "dog", "red", "blue", "big", "##s"]) + "\n")
+    small = load_tokenizer({"model": {"text": {"tokenizer": str(tmp_path / "vocab.txt")}}})
+    vocab_size = len(small.get_vocab())
+    assert vocab_size == 11
+    word = small.convert_tokens_to_ids("cat")
+    ids = [small.cls_token_id] + [word] * 80 + [small.sep_token_id]
+    gen, rng = MaskGenerator(small, 0.5, 40, 0.0, 3, False), random.Random(7)
+    kinds, drawn = Counter(), Counter()
+    for _ in range(500):
+        masked, pos, lab = gen(ids, rng)
+        assert lab == [word] * 40
+        for p in pos:
+            t = masked[p]
+            kinds["mask" if t == small.mask_token_id else "same" if t == word else "random"] += 1
+            if t not in (small.mask_token_id, word):
+                drawn[t] += 1
+    n = sum(kinds.values())
+    # a random draw hits [MASK] or the word itself with probability 2/V, seen as "mask" / "same"
+    assert abs(kinds["mask"] / n - (0.8 + 0.1 / vocab_size)) < 0.015
+    assert abs(kinds["same"] / n - (0.1 + 0.1 / vocab_size)) < 0.01
+    assert abs(kinds["random"] / n - 0.1 * (vocab_size - 2) / vocab_size) < 0.01
+    expected = set(range(vocab_size)) - {small.mask_token_id, word}
+    assert set(drawn) == expected and {small.pad_token_id, small.cls_token_id, small.sep_token_id} <= set(drawn)
+    mean = sum(drawn.values()) / len(drawn)
+    assert all(0.7 * mean < c < 1.3 * mean for c in drawn.values())  # uniform
+
+
 def test_whole_word_masking_keeps_subwords_together(tok):
     ids = [tok.cls_token_id] + tok.convert_tokens_to_ids(tok.tokenize("red circles and blue squares")) + \
         [tok.sep_token_id]
