@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +16,8 @@ from dataset import create_pretrain_loader, load_tokenizer
 from models.x2vlm import X2VLM
 from utils.config import add_config_args, config_from_args, save_config
 from utils.dist import cleanup, init_distributed
+from utils.evaluation import format_results, zero_shot_eval
+from utils.train_state import write_json_atomic
 from utils.trainer import Trainer
 
 
@@ -48,17 +50,18 @@ def main() -> None:
     if len(tokenizer) > model.text_encoder.config.vocab_size:
         raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but model.text.config.vocab_size is "
                          f"{model.text_encoder.config.vocab_size}")
-    trainer = Trainer(cfg, model, dist_info, fresh_params=getattr(model, "fresh_parameters", None))
-    trainer.resume(args.resume)
+    trainer = Trainer(cfg, model, dist_info, fresh_params=model.fresh_parameters)
     loader = create_pretrain_loader(cfg, dist_info.rank, dist_info.world_size, tokenizer=tokenizer)
-
-    def batches(start: int):
-        # restart the data stream at the micro-batch the run stopped at
-        return itertools.islice(iter(loader), start, None)
-
-    last = trainer.fit(batches, extra_log=lambda: {"skipped_samples": sum(loader.skipped.values())})
+    trainer.track_data(loader)  # the data position goes into every checkpoint and comes back on resume
+    trainer.resume(args.resume)
+    last = trainer.fit(lambda start: iter(loader),
+                       extra_log=lambda: {"skipped_samples": sum(loader.skipped.values())})
     if dist_info.is_main:
         print("final losses: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
+    results = zero_shot_eval(cfg, trainer.engine, tokenizer, dist_info.device, dist_info)
+    if results and dist_info.is_main:
+        print("zero-shot evaluation (held-out split):\n" + format_results(results))
+        write_json_atomic(Path(cfg["output_dir"]) / "zero_shot.json", results)
     cleanup()
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from dataset.masking import MaskGenerator
 from dataset.pretrain import (
@@ -20,6 +20,7 @@ from dataset.pretrain import (
     collate_image_text,
     collate_video_text,
 )
+from dataset.sampling import ResumableDistributedSampler
 from dataset.tasks import (
     CaptionDataset,
     GroundingDataset,
@@ -144,8 +145,8 @@ def create_loader(dataset: Dataset | IterableDataset, batch_size: int, collate_f
     """DataLoader with fixed batch sizes in training (``drop_last``) and a rank-split sampler for map-style data."""
     sampler = None
     if not isinstance(dataset, IterableDataset):
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=training, seed=seed,
-                                     drop_last=training and world_size > 1)
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=training,
+                                              seed=seed, drop_last=training and world_size > 1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_fn, drop_last=training, pin_memory=False,
                       persistent_workers=False)
@@ -168,7 +169,8 @@ def create_pretrain_loader(cfg: dict, rank: int | None = None, world_size: int |
                 ds, bs, collate_for(task, cfg), d["num_workers"], True, rank, world_size, cfg["seed"])
     if not loaders:
         raise ValueError("no pretraining data: set data.train_file, data.train_file_regions or data.train_file_videos")
-    return MixedLoader(loaders, steps)
+    # ITC ids are per-batch identities: offset them per rank so gathered ids never collide across ranks
+    return MixedLoader(loaders, steps, id_offset=rank << 32)
 
 
 __all__ = ["create_dataset", "create_loader", "create_pretrain_loader", "load_tokenizer", "collate_for",

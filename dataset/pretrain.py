@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataset.io import AnnotationIndex, BadSample, load_image
 from dataset.robust import SkipGuard, robust_fetch
+from dataset.sampling import EpochStream
 from dataset.text import TextProcessor, choose_caption
 from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
 from dataset.video import load_frames, select_clips
@@ -259,42 +260,49 @@ class MixedLoader:
     """Draws one batch from each source loader per step and merges them (see :func:`merge_batches`).
 
     Sources restart (with ``sampler.set_epoch``) when exhausted, so iteration is endless; ``steps`` bounds it.
+    ``id_offset`` is added to every batch's ITC ``ids`` (distinct per rank). :meth:`state_dict` is the data
+    position (epoch and batches drawn per source); :meth:`load_state_dict` continues from it exactly:
+    map-style sources skip indices in their sampler, stream sources re-read (and drop) what they had yielded.
     """
 
-    def __init__(self, loaders: dict[str, DataLoader], steps: int | None = None):
+    def __init__(self, loaders: dict[str, DataLoader], steps: int | None = None, id_offset: int = 0):
         if not loaders:
             raise ValueError("MixedLoader needs at least one source loader")
-        self.loaders, self.steps = loaders, steps
-        self.epochs = dict.fromkeys(loaders, 0)
+        self.loaders, self.steps, self.id_offset = loaders, steps, id_offset
+        self.streams = {name: EpochStream(loader, name) for name, loader in loaders.items()}
         self.skipped = dict.fromkeys(loaders, 0)
-        self._iters: dict[str, Iterator] = {}
 
-    def _next(self, name: str) -> dict:
-        for _ in range(2):
-            if name not in self._iters:
-                sampler = getattr(self.loaders[name], "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(self.epochs[name])
-                self._iters[name] = iter(self.loaders[name])
-            try:
-                return next(self._iters[name])
-            except StopIteration:
-                del self._iters[name]
-                self.epochs[name] += 1
-        raise RuntimeError(f"data source '{name}' yields no batches (fewer samples than one batch?)")
+    @property
+    def epochs(self) -> dict[str, int]:
+        return {name: s.epoch for name, s in self.streams.items()}
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"epochs": self.epochs, "consumed": {name: s.consumed for name, s in self.streams.items()},
+                "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        if set(state["epochs"]) != set(self.loaders):
+            raise ValueError(f"data position is for sources {sorted(state['epochs'])}, this run has "
+                             f"{sorted(self.loaders)} (data.train_file* changed?)")
+        for name, stream in self.streams.items():
+            stream.load_state_dict({"epoch": state["epochs"][name], "consumed": state["consumed"][name]})
+        self.skipped.update(state["skipped"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         step = 0
         while self.steps is None or step < self.steps:
             parts = []
             for name in self.loaders:
-                b = self._next(name)
+                b = next(self.streams[name])
                 n = b.pop("_skipped", 0)
                 if n:
                     self.skipped[name] += n
                     log.info("data source %s: %d broken samples skipped so far", name, self.skipped[name])
                 parts.append(b)
-            yield merge_batches(parts)
+            batch = merge_batches(parts)
+            if self.id_offset:
+                batch["ids"] = batch["ids"] + self.id_offset
+            yield batch
             step += 1
 
     def __len__(self) -> int:

@@ -167,12 +167,16 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
     ret_test, cap_test, vqa_test, ground_test = [], [], [], []
     n_test = max(2, n_images // 4)
     for i, (rel, img, shapes, caps) in enumerate(scenes):
-        b64 = image_to_base64(img)
-        image_text.append({"binary": b64, "desc": caps[0]})
-        elems = [{"bb": list(s.box), "caption": s.kind, "attributes": s.color} for s in shapes]
-        elems.append({"bb": _union(shapes[0].box, shapes[1].box), "caption": [caps[0]]})
-        regions.append({"binary": b64, "caption": caps[0], "elems": elems})
         test = i >= n_images - n_test
+        if not test:  # test images stay out of pretraining: the zero-shot evaluation sees them first
+            b64 = image_to_base64(img)
+            image_text.append({"binary": b64, "desc": caps})
+            # region text = attributes + caption: "red circle", or "red circle above the blue square"
+            elems = [{"bb": list(s.box), "attributes": s.color,
+                      "caption": [s.kind, f"{s.kind} {relation(s, other)} the {other.name}"]}
+                     for s, other in zip(shapes, [shapes[1], *[shapes[0]] * (len(shapes) - 1)], strict=True)]
+            elems.append({"bb": _union(shapes[0].box, shapes[1].box), "caption": [caps[0]]})
+            regions.append({"binary": b64, "caption": caps[0], "elems": elems})
         (ret_test if test else ret_train).extend(
             [{"image": rel, "caption": caps, "image_id": i}] if test else
             [{"image": rel, "caption": c, "image_id": i} for c in caps])
@@ -211,9 +215,10 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
         for t, fr in enumerate(frames):
             fr.save(fdir / f"{t:03d}.jpg", quality=95)
         have_av = have_av and write_video_file(out / "videos" / f"vid_{v:03d}.mp4", frames)
-        videos.append({"video_frames": [image_to_base64(f) for f in frames], "text": cap})
         media = f"videos/vid_{v:03d}.mp4" if have_av else f"frames/vid_{v:03d}"
         test = v >= n_videos - max(2, n_videos // 4)
+        if not test:
+            videos.append({"video_frames": [image_to_base64(f) for f in frames], "text": cap})
         (vret_test if test else vret_train).append(
             {"video": media, "caption": [cap] if test else cap, "video_id": v})
         color, kind = cap.split()[1:3]

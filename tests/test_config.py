@@ -161,3 +161,11 @@ def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:
     lst.write_text("- 1\n- 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(lst)
+
+
+def test_numbers_written_as_text_are_read_as_numbers() -> None:
+    cfg = load_config(overrides=["optimizer.lr=1e-3", "train.steps=12"])
+    assert cfg["optimizer"]["lr"] == 1e-3 and isinstance(cfg["optimizer"]["lr"], float)
+    assert cfg["train"]["steps"] == 12
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        load_config(overrides=["optimizer.lr=fast"])

@@ -16,7 +16,7 @@ from utils.config import load_config
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("syn"), seed=6, n_images=2, n_videos=3)
+    return generate(tmp_path_factory.mktemp("syn"), seed=6, n_images=2, n_videos=5)  # 3 pretraining videos
 
 
 def _records(syn):

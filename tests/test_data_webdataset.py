@@ -15,7 +15,7 @@ from utils.config import load_config
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("wds")
-    f = generate(d / "syn", seed=4, n_images=24, n_videos=1)
+    f = generate(d / "syn", seed=4, n_images=32, n_videos=1)  # 24 pretraining records
     json_to_wds([f["image_text"], str(d / "shards" / "it-%03d.tar"), "--maxcount", "3"])
     return f, sorted(str(p) for p in (d / "shards").glob("*.tar"))
 

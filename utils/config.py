@@ -72,6 +72,22 @@ def _check_keys(cfg: dict, schema: dict, prefix: str = "", source: str = "config
             _check_keys(value, expected, dotted + ".", source)
 
 
+def _coerce_numbers(cfg: dict, schema: dict, prefix: str = "") -> None:
+    """Where the default is a number, accept a number written as text (YAML reads ``1e-3`` as a string)
+    and reject any other text, naming the key."""
+    for key, value in cfg.items():
+        expected = schema.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(expected, dict) and isinstance(value, dict) and expected:
+            _coerce_numbers(value, expected, dotted + ".")
+        elif isinstance(expected, (int, float)) and not isinstance(expected, bool) and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(f"config key '{dotted}' takes a number, got '{value}'") from None
+            cfg[key] = int(number) if isinstance(expected, int) and number.is_integer() else number
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into (["a","b","c"], parsed YAML value)."""
     if "=" not in text:
@@ -125,6 +141,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         cfg = _merge(cfg, data)
     cfg = apply_overrides(cfg, list(overrides), schema)
     _check_keys(cfg, schema, source="overrides")
+    _coerce_numbers(cfg, schema)
     return cfg
 
 

@@ -89,6 +89,17 @@ def save_train_state(output_dir: str | os.PathLike, step: int, state: dict[str, 
     return target
 
 
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON via a temporary file and a rename."""
+    import json
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a step checkpoint (tensors and plain containers only) and restore the RNG states."""
     state = torch.load(path, map_location=map_location, weights_only=True)

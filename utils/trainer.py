@@ -90,6 +90,12 @@ class Trainer:
         self._nonfinite_run = 0
         self.log_path = self.output_dir / "log.jsonl"
         self._tb = None
+        self._data = None
+
+    def track_data(self, source: Any) -> None:
+        """Keep ``source.state_dict()`` (the data position) in step checkpoints and give it back to
+        ``source.load_state_dict`` on resume (e.g. :class:`dataset.pretrain.MixedLoader`)."""
+        self._data = source
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -98,6 +104,8 @@ class Trainer:
                  "micro_batches": self.step * self.train_cfg["grad_accum"], "engine": self.train_cfg["engine"]}
         if not self.deepspeed:
             state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
+        if self._data is not None:
+            state["data"] = self._data.state_dict()
         return state
 
     def resume(self, resume: str | None) -> bool:
@@ -119,6 +127,10 @@ class Trainer:
         self.step = state["step"]
         self.samples_seen = state["samples_seen"]
         self.skipped_nonfinite = state["skipped_nonfinite"]
+        if self._data is not None:
+            if "data" not in state:
+                raise ValueError(f"{path} has no data position; it cannot resume a tracked data stream exactly")
+            self._data.load_state_dict(state["data"])
         self._log({"event": "resumed", "checkpoint": str(path), "step": self.step})
         return True
 

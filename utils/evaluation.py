@@ -1,0 +1,400 @@
+"""Shared evaluation: image-text retrieval (ITC, then ITM re-ranking of the top k) and box grounding.
+
+Used by the task scripts (retrieval, grounding) and by the end-of-pretraining zero-shot evaluation.
+
+* :func:`evaluate_retrieval` — embeds every image and text of a :class:`~dataset.tasks.RetrievalEvalDataset`
+  loader, ranks by ITC similarity, then (``itm_rerank``) re-scores each query's ``k_test`` best candidates
+  with the ITM head. As in the official evaluation, a re-ranked score is the ITM *match logit* (index 1, no
+  softmax, no ITC term); candidates outside a query's top k rank below all re-scored ones (we keep them in
+  ITC order, the official code gives them all -100, a tie). Keys ``txt_r{1,5,10}`` (image → text),
+  ``img_r{1,5,10}`` (text → image), ``txt_r_mean``, ``img_r_mean``, ``r_mean`` for the final scores and the
+  same with an ``itc_`` prefix for similarity-only ranking, plus ``chance_*`` (a random ranking's recall).
+* :func:`evaluate_grounding` — one box per referring expression from whole-image tokens; ``acc`` = percent
+  with IoU ≥ 0.5, ``miou`` = mean IoU in percent, ``chance_acc`` / ``chance_miou`` = the better constant box
+  (the whole image, or a centred box of the mean target size).
+* :func:`zero_shot_eval` — both, from the config section ``eval`` (see :data:`EVAL_DEFAULTS`), keys prefixed
+  ``retrieval/`` and ``grounding/``.
+
+All values are percentages in [0, 100].
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Subset
+from torchvision.ops import box_convert, box_iou
+
+from utils.metrics import box_accuracy, recall_at_k
+
+#: Keys of the config section ``eval`` and their defaults (the section may be absent: nothing is evaluated).
+EVAL_DEFAULTS: dict[str, Any] = {
+    "retrieval_file": [],      # retrieval test file(s): [{image, caption: [str, ...]}]; empty: skipped
+    "grounding_file": [],      # grounding file(s): [{image, text, ref_id, bbox: [x, y, w, h]}]; empty: skipped
+    "k_test": 128,             # candidates re-ranked by ITM per query (clamped to the number of candidates)
+    "itm_rerank": True,        # false: ITC similarity only
+    "batch_size": 64,          # images per batch
+    "text_batch_size": 256,    # texts per text-encoder pass
+    "itm_batch_size": 256,     # image-text pairs per ITM forward pass while re-ranking
+    "num_workers": None,       # DataLoader workers (null: data.num_workers)
+}
+
+KS = (1, 5, 10)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under a DDP / DeepSpeed / compile wrapper."""
+    for attr in ("module", "_orig_mod"):
+        while hasattr(model, attr) and isinstance(getattr(model, attr), nn.Module):
+            model = getattr(model, attr)
+    return model
+
+
+def _world(dist_info) -> tuple[int, int]:
+    if dist_info is None:
+        return 0, 1
+    return int(dist_info.rank), int(dist_info.world_size)
+
+
+def _dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _tokenize(tokenizer, texts: Sequence[str], max_tokens: int, device, padding: str = "max_length"):
+    """``(ids, atts)`` on ``device`` from a Hugging Face tokenizer (or any callable with its interface)."""
+    enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_tokens, return_tensors="pt")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def _encode_visual(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-image tokens; ``(B, T, 3, H, W)`` inputs are videos. Pixels take the model's dtype (a model
+    held in bf16, as under DeepSpeed, gets bf16 inputs)."""
+    pixels = pixels.to(next(model.parameters()).dtype)
+    if pixels.ndim == 5:
+        return model.encode_video(pixels)
+    return model.encode_image(pixels)
+
+
+def _shard(n: int, rank: int, world: int) -> range:
+    """Contiguous rows of ``n`` handled by ``rank`` (as the official loop: ``n // world + 1`` per rank)."""
+    step = n // world + 1
+    return range(min(n, rank * step), min(n, (rank + 1) * step))
+
+
+# ---------------------------------------------------------------------------------------------- retrieval
+@torch.no_grad()
+def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_batch_size: int):
+    dataset = loader.dataset
+    texts = list(dataset.text)
+    if not texts:
+        raise ValueError("retrieval evaluation: the dataset has no texts")
+    text_embeds, text_atts, text_feats = [], [], []
+    for start in range(0, len(texts), text_batch_size):
+        ids, atts = _tokenize(tokenizer, texts[start:start + text_batch_size], max_tokens, device)
+        emb = model.encode_text(ids, atts)
+        text_embeds.append(emb)
+        text_atts.append(atts)
+        text_feats.append(model.text_features(emb))
+    n_images = len(dataset)
+    image_embeds = image_atts = image_feats = None
+    seen = torch.zeros(n_images, dtype=torch.bool)
+    for batch in loader:
+        index = torch.as_tensor(batch["index"]).long()
+        emb, atts = _encode_visual(model, batch["image"].to(device))
+        feat = model.image_features(emb)
+        if image_embeds is None:
+            image_embeds = emb.new_zeros((n_images, *emb.shape[1:]))
+            image_atts = atts.new_zeros((n_images, *atts.shape[1:]))
+            image_feats = feat.new_zeros((n_images, feat.shape[1]))
+        dev_index = index.to(device)
+        image_embeds[dev_index], image_atts[dev_index], image_feats[dev_index] = emb, atts, feat
+        seen[index] = True
+    if not bool(seen.all()):
+        raise ValueError(f"retrieval evaluation needs every image: the loader gave {int(seen.sum())} of "
+                         f"{n_images} (pass an unsharded loader; the re-ranking is sharded instead)")
+    return (image_embeds, image_atts, image_feats,
+            torch.cat(text_embeds), torch.cat(text_atts), torch.cat(text_feats))
+
+
+@torch.no_grad()
+def _rerank(sims: torch.Tensor, k: int, rows: range, itm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            pair_batch: int) -> torch.Tensor:
+    """Scores ``(Q, C)``: rows outside ``rows`` are 0 (other ranks fill them); in ``rows``, the top ``k``
+    candidates by similarity get ``itm(queries, candidates)`` and the others rank below all of them, in
+    similarity order (``lowest ITM score - 1 - (max similarity - similarity)``)."""
+    out = torch.zeros_like(sims)
+    if len(rows) == 0:
+        return out
+    block = sims[rows.start:rows.stop]
+    top = block.topk(k, dim=1).indices
+    per_pass = max(1, pair_batch // k)
+    for start in range(0, len(rows), per_pass):
+        q = torch.arange(start, min(start + per_pass, len(rows)), device=sims.device)
+        scores = itm(rows.start + q, top[q]).to(out.dtype)  # (len(q), k)
+        sim = block[q]
+        floor = scores.min(1, keepdim=True).values - 1
+        out[rows.start + q] = floor - (sim.max(1, keepdim=True).values - sim)
+        out[rows.start + q[:, None], top[q]] = scores
+    return out
+
+
+@torch.no_grad()
+def retrieval_scores(model: nn.Module, loader, device, k_test: int, itm_rerank: bool = True, dist_info=None, *,
+                     tokenizer, max_tokens: int = 30, text_batch_size: int = 256, itm_batch_size: int = 256,
+                     all_reduce: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sims, scores_i2t, scores_t2i)``: ITC similarity ``(I, T)`` and the final image→text ``(I, T)`` and
+    text→image ``(T, I)`` scores (``sims`` / ``sims.t()`` without ``itm_rerank``). With ``dist_info`` of
+    ``world_size`` > 1 each rank re-ranks its share of the queries, then the matrices are summed over ranks
+    (``all_reduce=False`` returns this rank's partial matrices: zero rows for the other ranks' queries)."""
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        img_emb, img_atts, img_feat, txt_emb, txt_atts, txt_feat = _embed_retrieval(
+            model, loader, tokenizer, device, max_tokens, text_batch_size)
+        sims = (img_feat @ txt_feat.t()).float()
+        if not itm_rerank:
+            return sims, sims, sims.t().contiguous()
+        rank, world = _world(dist_info)
+        n_img, n_txt = sims.shape
+
+        def i2t(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+            k = cand.shape[1]
+            logits = model.itm_logits(img_emb[q].repeat_interleave(k, 0), img_atts[q].repeat_interleave(k, 0),
+                                      txt_emb[cand.flatten()], txt_atts[cand.flatten()])
+            return logits[:, 1].view(-1, k)
+
+        def t2i(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+            k = cand.shape[1]
+            logits = model.itm_logits(img_emb[cand.flatten()], img_atts[cand.flatten()],
+                                      txt_emb[q].repeat_interleave(k, 0), txt_atts[q].repeat_interleave(k, 0))
+            return logits[:, 1].view(-1, k)
+
+        score_i2t = _rerank(sims, min(k_test, n_txt), _shard(n_img, rank, world), i2t, itm_batch_size)
+        score_t2i = _rerank(sims.t().contiguous(), min(k_test, n_img), _shard(n_txt, rank, world), t2i,
+                            itm_batch_size)
+        if world > 1 and all_reduce:
+            if not _dist_ready():
+                raise RuntimeError(f"dist_info says world_size={world} but no process group is initialised")
+            dist.all_reduce(score_i2t, op=dist.ReduceOp.SUM)
+            dist.all_reduce(score_t2i, op=dist.ReduceOp.SUM)
+        return sims, score_i2t, score_t2i
+    finally:
+        model.train(was_training)
+
+
+def positives_matrix(txt2img: dict[int, int] | Sequence[int], n_images: int) -> torch.Tensor:
+    """Boolean ``(I, T)``: text j describes image i."""
+    n_texts = len(txt2img)
+    image_of_text = torch.tensor([int(txt2img[j]) for j in range(n_texts)])
+    return image_of_text[None, :] == torch.arange(n_images)[:, None]
+
+
+def recall_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, positives: torch.Tensor,
+                   prefix: str = "") -> dict[str, float]:
+    """Official-style keys: ``txt_r*`` rank texts per image (rows of ``scores_i2t``), ``img_r*`` rank images per
+    text (rows of ``scores_t2i``); ``*_r_mean`` average the three, ``r_mean`` both means."""
+    positives = positives.to(scores_i2t.device)
+    txt = recall_at_k(scores_i2t, positives, KS)
+    img = recall_at_k(scores_t2i.to(scores_i2t.device), positives.t(), KS)
+    out = {f"{prefix}txt_r{k}": v for k, v in txt.items()}
+    out[f"{prefix}txt_r_mean"] = sum(txt.values()) / len(txt)
+    out |= {f"{prefix}img_r{k}": v for k, v in img.items()}
+    out[f"{prefix}img_r_mean"] = sum(img.values()) / len(img)
+    out[f"{prefix}r_mean"] = (out[f"{prefix}txt_r_mean"] + out[f"{prefix}img_r_mean"]) / 2
+    return out
+
+
+def _chance_recall(n_candidates: int, n_positive: int, k: int) -> float:
+    """Probability (percent) that a uniformly random ranking puts one of ``n_positive`` in the top ``k``."""
+    k = min(k, n_candidates)
+    if n_positive <= 0:
+        return 0.0
+    return 100.0 * (1.0 - math.comb(n_candidates - n_positive, k) / math.comb(n_candidates, k))
+
+
+def retrieval_chance(positives: torch.Tensor) -> dict[str, float]:
+    """Recall of a random ranking (``chance_`` + the :func:`recall_metrics` keys) for ``positives`` ``(I, T)``."""
+    n_img, n_txt = positives.shape
+    per_image = positives.sum(1).tolist()
+    per_text = positives.sum(0).tolist()
+    txt = {k: sum(_chance_recall(n_txt, int(m), k) for m in per_image) / n_img for k in KS}
+    img = {k: sum(_chance_recall(n_img, int(m), k) for m in per_text) / n_txt for k in KS}
+    out = {f"chance_txt_r{k}": v for k, v in txt.items()}
+    out["chance_txt_r_mean"] = sum(txt.values()) / len(txt)
+    out |= {f"chance_img_r{k}": v for k, v in img.items()}
+    out["chance_img_r_mean"] = sum(img.values()) / len(img)
+    out["chance_r_mean"] = (out["chance_txt_r_mean"] + out["chance_img_r_mean"]) / 2
+    return out
+
+
+def evaluate_retrieval(model: nn.Module, loader, device, k_test: int, itm_rerank: bool = True, dist_info=None, *,
+                       tokenizer, max_tokens: int = 30, text_batch_size: int = 256,
+                       itm_batch_size: int = 256) -> dict[str, float]:
+    """Retrieval recall on a :class:`~dataset.tasks.RetrievalEvalDataset` loader (every image, in any order;
+    items carry ``index``). Returns the final (re-ranked when ``itm_rerank``) ``txt_r*``, ``img_r*``,
+    ``r_mean`` keys, the ITC-only ones prefixed ``itc_``, and the chance levels prefixed ``chance_``.
+
+    ``tokenizer`` (HF-style, called with ``padding="max_length"``) turns ``loader.dataset.text`` into ids.
+    Every rank must call this with the same full loader; the ITM loop is split by ``dist_info`` rank."""
+    sims, s_i2t, s_t2i = retrieval_scores(
+        model, loader, device, k_test, itm_rerank, dist_info, tokenizer=tokenizer, max_tokens=max_tokens,
+        text_batch_size=text_batch_size, itm_batch_size=itm_batch_size)
+    positives = positives_matrix(loader.dataset.txt2img, sims.shape[0])
+    out = recall_metrics(s_i2t, s_t2i, positives)
+    out |= recall_metrics(sims, sims.t(), positives, prefix="itc_")
+    out |= retrieval_chance(positives)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- grounding
+def xywh_pixels_to_cxcywh(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """Pixel ``[x, y, w, h]`` boxes ``(N, 4)`` in images of ``(W, H)`` ``(N, 2)`` → normalised (cx, cy, w, h)."""
+    boxes, wh = boxes.float(), image_size.float()
+    scale = torch.cat([wh, wh], dim=1)
+    cxcywh = torch.cat([boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:]], dim=1)
+    return cxcywh / scale
+
+
+def box_ious(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
+    """IoU of each prediction with its own target (normalised boxes; IoU does not change with the scaling)."""
+    pred = box_convert(pred_cxcywh.float(), "cxcywh", "xyxy")
+    target = box_convert(target_cxcywh.float(), "cxcywh", "xyxy")
+    return box_iou(pred, target).diagonal()
+
+
+def grounding_chance(target_cxcywh: torch.Tensor) -> dict[str, float]:
+    """Accuracy and mean IoU (percent) of the better of two constant boxes: the whole image, and a centred box
+    of the targets' mean size."""
+    mean_wh = target_cxcywh[:, 2:].float().mean(0)
+    candidates = [torch.tensor([0.5, 0.5, 1.0, 1.0]), torch.cat([torch.tensor([0.5, 0.5]), mean_wh.cpu()])]
+    accs, mious = [], []
+    for box in candidates:
+        pred = box.to(target_cxcywh.device)[None].expand_as(target_cxcywh)
+        accs.append(box_accuracy(pred, target_cxcywh))
+        mious.append(float(box_ious(pred, target_cxcywh).mean() * 100))
+    return {"chance_acc": max(accs), "chance_miou": max(mious)}
+
+
+@torch.no_grad()
+def predict_grounding(model: nn.Module, loader, device, *, tokenizer, max_tokens: int = 30
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, target)`` normalised (cx, cy, w, h) boxes ``(N, 4)`` of this process's share of the loader
+    (batches with ``image``, ``text``, ``bbox`` in pixels [x, y, w, h] and ``image_size`` (W, H))."""
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    preds, targets = [], []
+    try:
+        for batch in loader:
+            if "bbox" not in batch:
+                raise ValueError("grounding evaluation needs ground-truth boxes ('bbox') in the annotation file")
+            image_embeds, _ = model.encode_image(batch["image"].to(device))
+            ids, atts = _tokenize(tokenizer, batch["text"], max_tokens, device, padding="longest")
+            text_embeds = model.encode_text(ids, atts)
+            preds.append(model.predict_boxes(image_embeds, text_embeds, atts).float().cpu())
+            targets.append(xywh_pixels_to_cxcywh(batch["bbox"], batch["image_size"]).cpu())
+    finally:
+        model.train(was_training)
+    if not preds:
+        return torch.zeros(0, 4), torch.zeros(0, 4)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def evaluate_grounding(model: nn.Module, loader, device, *, tokenizer, max_tokens: int = 30,
+                       dist_info=None) -> dict[str, float]:
+    """``acc`` (percent of boxes with IoU ≥ 0.5 — the official criterion), ``miou`` (mean IoU, percent) and the
+    constant-box ``chance_acc`` / ``chance_miou``. The predicted box is scaled to the original image like the
+    ground truth. With a rank-split loader and ``dist_info``, predictions are gathered over ranks (a
+    ``DistributedSampler`` pads to equal shares, so up to ``world_size - 1`` samples may count twice)."""
+    pred, target = predict_grounding(model, loader, device, tokenizer=tokenizer, max_tokens=max_tokens)
+    _, world = _world(dist_info)
+    if world > 1:
+        if not _dist_ready():
+            raise RuntimeError(f"dist_info says world_size={world} but no process group is initialised")
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (pred, target))
+        pred = torch.cat([p for p, _ in gathered])
+        target = torch.cat([t for _, t in gathered])
+    if pred.shape[0] == 0:
+        raise ValueError("grounding evaluation: the loader gave no samples")
+    return {"acc": box_accuracy(pred, target), "miou": float(box_ious(pred, target).mean() * 100),
+            **grounding_chance(target)}
+
+
+# ---------------------------------------------------------------------------------------------- zero-shot
+def eval_settings(cfg: dict) -> dict[str, Any]:
+    """The ``eval`` section merged over :data:`EVAL_DEFAULTS` (unknown keys are an error)."""
+    section = cfg.get("eval") or {}
+    unknown = sorted(set(section) - set(EVAL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown eval config key(s): {', '.join(unknown)}; known: {', '.join(EVAL_DEFAULTS)}")
+    out = {**EVAL_DEFAULTS, **section}
+    for key in ("retrieval_file", "grounding_file"):
+        files = out[key]
+        out[key] = [files] if isinstance(files, str) else list(files or [])
+    if out["num_workers"] is None:
+        out["num_workers"] = int(cfg.get("data", {}).get("num_workers", 0))
+    return out
+
+
+def _dist_info_from_env():
+    if not _dist_ready():
+        return None
+    from utils.dist import DistInfo
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def zero_shot_eval(cfg: dict, model: nn.Module, tokenizer, device, dist_info=None) -> dict[str, float]:
+    """Retrieval and grounding on the ``eval`` files of ``cfg`` (each skipped when its file list is empty).
+
+    Keys ``retrieval/<evaluate_retrieval key>`` and ``grounding/<evaluate_grounding key>``, chance levels
+    included (``retrieval/chance_txt_r1``, ``grounding/chance_acc``, ...). Under torch.distributed every rank
+    must call it (``dist_info`` defaults to the initialised process group); every rank gets the same result."""
+    from dataset import collate_for, create_dataset, create_loader
+
+    e = eval_settings(cfg)
+    dist_info = dist_info if dist_info is not None else _dist_info_from_env()
+    rank, world = _world(dist_info)
+    max_tokens = int(cfg["data"]["max_tokens"])
+    results: dict[str, float] = {}
+    if e["retrieval_file"]:
+        ds = create_dataset("retrieval", cfg, e["retrieval_file"], tokenizer)
+        loader = create_loader(ds, e["batch_size"], collate_for("retrieval"), e["num_workers"], training=False)
+        metrics = evaluate_retrieval(model, loader, device, int(e["k_test"]), bool(e["itm_rerank"]), dist_info,
+                                     tokenizer=tokenizer, max_tokens=max_tokens,
+                                     text_batch_size=int(e["text_batch_size"]),
+                                     itm_batch_size=int(e["itm_batch_size"]))
+        results |= {f"retrieval/{k}": v for k, v in metrics.items()}
+    if e["grounding_file"]:
+        ds = create_dataset("grounding", cfg, e["grounding_file"], tokenizer)
+        if world > 1:  # every rank a strided share, without the padding a DistributedSampler would add
+            ds = Subset(ds, range(rank, len(ds), world))
+        loader = create_loader(ds, e["batch_size"], collate_for("grounding"), e["num_workers"], training=False)
+        metrics = evaluate_grounding(model, loader, device, tokenizer=tokenizer, max_tokens=max_tokens,
+                                     dist_info=dist_info)
+        results |= {f"grounding/{k}": v for k, v in metrics.items()}
+    return results
+
+
+def format_results(results: dict[str, float]) -> str:
+    """One line per metric with its chance level where there is one, e.g. ``retrieval/r_mean 41.20 (chance 8.31)``."""
+    lines = []
+    for key, value in results.items():
+        group, _, name = key.rpartition("/")
+        if name.startswith("chance_"):
+            continue
+        base = name.removeprefix("itc_")
+        chance = results.get(f"{group}/chance_{base}" if group else f"chance_{base}")
+        lines.append(f"{key} {value:.2f}" + (f" (chance {chance:.2f})" if chance is not None else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["EVAL_DEFAULTS", "evaluate_retrieval", "evaluate_grounding", "zero_shot_eval", "retrieval_scores",
+           "recall_metrics", "retrieval_chance", "grounding_chance", "positives_matrix", "predict_grounding",
+           "xywh_pixels_to_cxcywh", "box_ious", "eval_settings", "format_results"]
