@@ -91,7 +91,14 @@ class X2VLM(nn.Module):
             if model_cfg.get("checkpoint"):
                 model.load_report = model.load_checkpoint(model_cfg["checkpoint"])
                 pretrained |= set(_report_keys(model.load_report))
-        # parameters no pretrained weight reached get optimizer.lr_mult (none when training from scratch)
+        # parameters no pretrained weight reached get optimizer.lr_mult (none when training from scratch);
+        # a tied parameter counts as loaded under any of its names
+        aliases: dict[int, set[str]] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), set()).add(n)
+        for names_of_one in aliases.values():
+            if names_of_one & pretrained:
+                pretrained |= names_of_one
         names = {n for n, _ in model.named_parameters()}
         model.fresh_parameters = names - pretrained if pretrained else set()
         return model

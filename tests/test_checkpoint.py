@@ -484,3 +484,18 @@ def test_frame_embedding_resized(tmp_path: Path, ckpt_frames: int, model_frames:
     assert got.shape == (1, model_frames, 1, 64)
     assert torch.equal(got[:, :n], source.absolute_frame_pos_embed[:, :n])
     assert torch.equal(got[:, n:], init[:, n:])  # frames the checkpoint lacks keep their initialisation
+
+
+def test_full_checkpoint_leaves_no_fresh_parameters(tmp_path: Path) -> None:
+    """Loading our own checkpoint reaches every parameter, tied ones included (saved under one name only),
+    so nothing gets optimizer.lr_mult; a model built from scratch has no fresh set either."""
+    from models.checkpoint import save_checkpoint_weights
+    cfg = load_config(ROOT / "configs" / "models" / "tiny.yaml")
+    torch.manual_seed(0)
+    scratch = X2VLM.from_config(cfg)
+    assert scratch.fresh_parameters == set()
+    path = save_checkpoint_weights(scratch, tmp_path)
+    loaded = X2VLM.from_config({**cfg, "model": {**cfg["model"], "checkpoint": str(path)}})
+    assert loaded.fresh_parameters == set(), sorted(loaded.fresh_parameters)[:5]
+    assert torch.equal(loaded.text_encoder.embeddings.word_embeddings.weight,
+                       scratch.text_encoder.embeddings.word_embeddings.weight)

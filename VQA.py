@@ -1,0 +1,105 @@
+"""VQA v2 fine-tuning and evaluation: answer generation with a text decoder, ranked over the candidate list.
+
+    python run.py --task vqa --dist 16 --config configs/finetune/vqa.yaml --checkpoint x2vlm_base_1b.th \
+        --output_dir output/vqa_base
+    python VQA.py --config configs/finetune/vqa.yaml --checkpoint output/vqa_base/model.safetensors --evaluate
+    python VQA.py --config configs/finetune/vqa_demo.yaml          # tiny model, generated data, CPU
+
+Writes ``output_dir/vqa_result.json`` in the submission format ``[{"question_id", "answer"}]`` (for VQA v2
+test-dev: upload it to the evaluation server) and, when the test file carries annotator answers,
+``vqa_eval.json`` with the VQA accuracy, exact-match accuracy and the best constant answer's accuracy
+(the chance level), all in percent (utils/vqa_metrics.py). ``--evaluate`` skips the fine-tuning.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from dataset import collate_for, create_dataset, create_loader
+from dataset.collate import TokenizeCollate
+from models.vqa import X2VLMForVQA
+from utils.dist import cleanup
+from utils.task import finetune, save_final_weights, setup_task, task_parser, write_results
+from utils.train_state import write_json_atomic
+from utils.vqa_metrics import best_constant_accuracy, vqa_accuracy
+
+
+def collate_train(samples: list[dict]) -> dict:
+    """collate_vqa with the image batch under ``images`` (the trainer counts images there)."""
+    batch = collate_for("vqa")(samples)
+    batch["images"] = batch.pop("image")
+    return batch
+
+
+@torch.no_grad()
+def predict(model: X2VLMForVQA, loader, tokenizer, answer_list: list[str], k: int, device) -> list[dict]:
+    """``[{question_id, answer}]`` for this process's share of the test loader."""
+    model.eval()
+    answers = tokenizer(list(answer_list), padding="longest", return_tensors="pt")
+    a_ids, a_atts = answers["input_ids"].to(device), answers["attention_mask"].to(device)
+    results = []
+    for batch in loader:
+        images = batch["image"].to(device, dtype=next(model.parameters()).dtype)
+        ids, _ = model.answer(images, batch["text_ids"].to(device), batch["text_atts"].to(device), a_ids, a_atts, k)
+        qids = batch["question_id"]
+        qids = qids.tolist() if isinstance(qids, torch.Tensor) else list(qids)
+        results += [{"question_id": q, "answer": answer_list[i]} for q, i in zip(qids, ids[:, 0].tolist(), strict=True)]
+    return results
+
+
+def gather_results(results: list[dict], world_size: int) -> list[dict]:
+    """All ranks' results, each question once (the evaluation sampler pads ranks with repeated samples)."""
+    if world_size > 1:
+        parts: list = [None] * world_size
+        dist.all_gather_object(parts, results)
+        results = [r for part in parts for r in part]
+    return list({r["question_id"]: r for r in results}.values())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = task_parser(__doc__, "configs/finetune/vqa.yaml").parse_args(argv)
+    ctx = setup_task(args)
+    cfg, d, rank, world = ctx.cfg, ctx.cfg["data"], ctx.dist.rank, ctx.dist.world_size
+    ft = d["finetune"]
+    model = X2VLMForVQA.from_config(cfg)
+    if ctx.dist.is_main and getattr(model, "load_report", None) is not None:
+        print(model.load_report)
+    if not args.evaluate:
+        train_set = create_dataset("vqa", cfg, "train", ctx.tokenizer, rank, world)
+        collate = TokenizeCollate(collate_train, ctx.tokenizer, d["max_tokens"],
+                                  {"question": "text", "answers": "answer"})
+        loader = create_loader(train_set, ft["batch_size_train"], collate, d["num_workers"], True, rank, world,
+                               cfg["seed"])
+        finetune(ctx, model, loader)
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+    test_set = create_dataset("vqa", cfg, "test", ctx.tokenizer, rank, world)
+    if not test_set.answer_list:
+        raise SystemExit("VQA.py: the evaluation ranks data.finetune.answer_list, which is not set or empty")
+    # test questions are cut at 50 words by the dataset, not at data.max_tokens (as the official evaluation)
+    q_tokens = model.text_encoder.config.max_position_embeddings - 2
+    collate = TokenizeCollate(collate_for("vqa"), ctx.tokenizer, q_tokens, {"question": "text"})
+    loader = create_loader(test_set, ft["batch_size_test"], collate, d["num_workers"], False, rank, world)
+    k = int(cfg["eval"]["k_test"])  # official VQA k_test (first-token top-k whose full answers are scored)
+    results = gather_results(predict(model, loader, ctx.tokenizer, test_set.answer_list, k, ctx.dist.device), world)
+    metrics: dict = {}
+    if ctx.dist.is_main:
+        records = [test_set.index.get(i) for i in range(len(test_set.index))]
+        order = {r["question_id"]: i for i, r in enumerate(records)}
+        results.sort(key=lambda r: order.get(r["question_id"], len(order)))
+        write_json_atomic(ctx.output_dir / "vqa_result.json", results)
+        if records and all(r.get("answer") for r in records):
+            # annotator answers are normalised like predictions: annotation files other than the official
+            # (already normalised) ones may spell numbers as words
+            gts = {r["question_id"]: r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
+                   for r in records}
+            metrics = vqa_accuracy(results, gts, normalize_gt=True)
+            metrics["chance_answer"], metrics["chance_vqa_acc"] = best_constant_accuracy(
+                gts, test_set.answer_list, normalize_gt=True)
+            write_results(ctx, "vqa_eval", metrics)
+    cleanup()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
