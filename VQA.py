@@ -13,13 +13,12 @@ test-dev: upload it to the evaluation server) and, when the test file carries an
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from models.vqa import X2VLMForVQA
 from utils.dist import cleanup
-from utils.task import finetune, save_final_weights, setup_task, task_parser, write_results
+from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
 from utils.train_state import write_json_atomic
 from utils.vqa_metrics import best_constant_accuracy, vqa_accuracy
 
@@ -47,15 +46,6 @@ def predict(model: X2VLMForVQA, loader, tokenizer, answer_list: list[str], k: in
     return results
 
 
-def gather_results(results: list[dict], world_size: int) -> list[dict]:
-    """All ranks' results, each question once (the evaluation sampler pads ranks with repeated samples)."""
-    if world_size > 1:
-        parts: list = [None] * world_size
-        dist.all_gather_object(parts, results)
-        results = [r for part in parts for r in part]
-    return list({r["question_id"]: r for r in results}.values())
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = task_parser(__doc__, "configs/finetune/vqa.yaml").parse_args(argv)
     ctx = setup_task(args)
@@ -81,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     collate = TokenizeCollate(collate_for("vqa"), ctx.tokenizer, q_tokens, {"question": "text"})
     loader = create_loader(test_set, ft["batch_size_test"], collate, d["num_workers"], False, rank, world)
     k = int(cfg["eval"]["k_test"])  # official VQA k_test (first-token top-k whose full answers are scored)
-    results = gather_results(predict(model, loader, ctx.tokenizer, test_set.answer_list, k, ctx.dist.device), world)
+    results = gather_unique(predict(model, loader, ctx.tokenizer, test_set.answer_list, k, ctx.dist.device),
+                            "question_id")
     metrics: dict = {}
     if ctx.dist.is_main:
         records = [test_set.index.get(i) for i in range(len(test_set.index))]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -96,6 +97,19 @@ def save_final_weights(ctx: TaskContext, model: nn.Module) -> Path | None:
     if not ctx.dist.is_main:
         return None
     return save_checkpoint_weights(model, ctx.output_dir)
+
+
+def gather_unique(records: list[dict], key: str) -> list[dict]:
+    """Every rank's evaluation records, one per ``record[key]`` (an evaluation sampler pads ranks with
+    repeated samples), first occurrence kept, rank order then local order."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, records)
+        records = [r for part in parts for r in part]
+    unique: dict = {}
+    for r in records:
+        unique.setdefault(r[key], r)
+    return list(unique.values())
 
 
 def write_results(ctx: TaskContext, name: str, results: dict[str, Any]) -> Path | None:

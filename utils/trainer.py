@@ -44,8 +44,9 @@ def to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dt
 
 
 def count_images(batch: dict[str, Any]) -> int:
+    """Images (or videos) in a batch: pretraining pools (``images``/``videos``) or task batches (``image``)."""
     n = 0
-    for key in ("images", "videos"):
+    for key in ("images", "videos", "image"):
         if isinstance(batch.get(key), torch.Tensor):
             n += batch[key].shape[0]
     return n

@@ -1,0 +1,115 @@
+"""Fine-tune X²-VLM for image captioning (masked-token generation, see models/captioning.py) and score the
+generated captions with the COCO metrics.
+
+    python run.py --task captioning --dist 8 --config configs/finetune/caption_coco.yaml \\
+        --checkpoint x2vlm_large_1b.th --output_dir output/coco_caption
+    python Captioning.py --config configs/finetune/caption_demo.yaml --device cpu   # tiny model, generated data
+
+Annotations: train ``[{image, caption, image_id}]``; val/test ``[{image, image_id, caption: [refs...]}]``
+(``data.finetune.{train,val,test}_file``). Writes ``output_dir/model.safetensors`` after training,
+``output_dir/caption_{split}_predictions.json`` (``[{image_id, caption}]``, one per image) and
+``output_dir/caption.json`` with ``{split}_{metric}`` for every split whose annotations carry references.
+
+Generation and loss settings are the official ones (configs/finetune/coco_captioning_large.yaml of the official
+repository): label smoothing 0.1, FG-free masking, beam 3, at most 50 generated tokens, at least 5, length
+penalty 0, no repeated 3-grams; a ``caption`` config section overrides them once configs/defaults.yaml has one.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dataset import create_dataset, create_loader
+from dataset.tasks import collate_dict
+from models.captioning import CaptionMLMCollate, X2VLMForCaptioning, prompt_token_ids
+from utils.caption_metrics import JAVA_METRICS, caption_scores, java_available, parse_metrics
+from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
+from utils.train_state import write_json_atomic
+
+log = logging.getLogger("x2vlm.captioning")
+
+# the official settings (coco_captioning_large.yaml: label_smoothing, apply_FG_free, num_beams, max_length,
+# min_length, length_penalty; models/model_generation.py: forbid_duplicate_ngrams with ngram_size 3)
+@torch.no_grad()
+def generate_captions(model: X2VLMForCaptioning, loader, tokenizer, prompt_ids: list[int], settings: dict,
+                      device: torch.device) -> list[dict]:
+    """``[{image_id, caption}]`` for the images of ``loader`` (this rank's share)."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    out = []
+    for batch in loader:
+        ids = model.generate(batch["image"].to(device, dtype), prompt_ids, num_beams=settings["num_beams"],
+                             max_length=settings["max_length"], min_length=settings["min_length"],
+                             length_penalty=settings["length_penalty"], no_repeat_ngram=settings["no_repeat_ngram"])
+        image_ids = batch["image_id"].tolist() if torch.is_tensor(batch["image_id"]) else list(batch["image_id"])
+        out += [{"image_id": i, "caption": tokenizer.decode(c, skip_special_tokens=True).strip()}
+                for i, c in zip(image_ids, ids, strict=True)]
+    return out
+
+
+def references(dataset) -> dict | None:
+    """``{image_id: [captions]}`` from the annotations of an evaluation split; None if they carry none."""
+    refs: dict = {}
+    for i in range(len(dataset)):
+        ann = dataset.index.get(i)
+        if "caption" not in ann:
+            return None
+        caps = ann["caption"] if isinstance(ann["caption"], list) else [ann["caption"]]
+        refs.setdefault(ann.get("image_id", i), []).extend(caps)
+    return refs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = task_parser(__doc__, "configs/finetune/caption_coco.yaml")
+    parser.add_argument("--metrics", default="bleu,meteor,rouge,cider",
+                        help="comma-separated caption metrics: bleu, cider, rouge, meteor, spice (METEOR and SPICE "
+                             "need java; without it they are skipped with a warning)")
+    parser.add_argument("--caption_tokenizer", choices=["auto", "ptb", "simple"], default="auto",
+                        help="caption tokenisation before scoring: COCO's PTB tokenizer (java) or the simple one")
+    args = parser.parse_args(argv)
+    metrics = parse_metrics(args.metrics)
+    if not java_available():
+        skipped = [m for m in metrics if m in JAVA_METRICS]
+        if skipped:
+            log.warning("no java on the PATH: skipping %s", ", ".join(skipped))
+        metrics = [m for m in metrics if m not in JAVA_METRICS]
+    ctx = setup_task(args)
+    cfg, d, ft = ctx.cfg, ctx.cfg["data"], ctx.cfg["data"]["finetune"]
+    settings = cfg["caption"]
+    rank, world = ctx.dist.rank, ctx.dist.world_size
+    model = X2VLMForCaptioning.from_config(cfg)
+    model.set_special_tokens(ctx.tokenizer)
+    model.label_smoothing = settings["label_smoothing"]
+    if not args.evaluate:
+        train_set = create_dataset("captioning", cfg, "train", ctx.tokenizer, rank, world)
+        collate = CaptionMLMCollate(ctx.tokenizer, d["max_tokens"], d["max_masks"], d["mask_prob"], d["skipgram_prb"],
+                                    d["skipgram_size"], d["mask_whole_word"], ft["prompt"], settings["fg_free"])
+        loader = create_loader(train_set, ft["batch_size_train"], collate, d["num_workers"], True, rank, world,
+                               cfg["seed"])
+        finetune(ctx, model, loader)
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+    prompt_ids = prompt_token_ids(ctx.tokenizer, ft["prompt"])
+    results: dict = {}
+    for split in ("val", "test"):
+        if not ft[f"{split}_file"]:
+            continue
+        data = create_dataset("captioning", cfg, split, ctx.tokenizer, rank, world)
+        loader = create_loader(data, ft["batch_size_test"], collate_dict, d["num_workers"], False, rank, world)
+        preds = gather_unique(generate_captions(model, loader, ctx.tokenizer, prompt_ids, settings, ctx.dist.device),
+                              "image_id")
+        if not ctx.dist.is_main:
+            continue
+        write_json_atomic(ctx.output_dir / f"caption_{split}_predictions.json", preds)
+        refs = references(data)
+        if refs is None or not metrics:
+            continue
+        scores = caption_scores(refs, {p["image_id"]: p["caption"] for p in preds}, metrics, args.caption_tokenizer)
+        results.update({f"{split}_{k}": v for k, v in scores.items()})
+    write_results(ctx, "caption", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Fine-tune and evaluate X²-VLM on NLVR2 (is the sentence true of the image pair?).
+
+    python run.py --task nlvr --dist 8 --config configs/finetune/nlvr2.yaml --checkpoint x2vlm_base_1b.th \\
+        --output_dir output/nlvr2
+    python NLVR.py --config configs/finetune/nlvr_demo.yaml --device cpu          # tiny model, generated data
+
+Annotations: ``[{images: [left, right], sentence, label}]`` (``data.finetune.{train,val,test}_file``).
+Writes ``output_dir/model.safetensors`` after training and ``output_dir/nlvr.json`` with the accuracy
+(``{split}_acc``, %) and the majority-class rate (``{split}_majority``) of every split that has a file.
+"""
+from __future__ import annotations
+
+from dataset import create_dataset, create_loader
+from dataset.collate import TokenizeCollate
+from dataset.tasks import collate_dict
+from models.nlvr import X2VLMForNLVR, nlvr_metrics, predict
+from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = task_parser(__doc__, "configs/finetune/nlvr2.yaml").parse_args(argv)
+    ctx = setup_task(args)
+    cfg, ft = ctx.cfg, ctx.cfg["data"]["finetune"]
+    rank, world = ctx.dist.rank, ctx.dist.world_size
+    collate = TokenizeCollate(collate_dict, ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
+    model = X2VLMForNLVR.from_config(cfg)
+    if not args.evaluate:
+        train_set = create_dataset("nlvr2", cfg, "train", ctx.tokenizer, rank, world)
+        loader = create_loader(train_set, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
+                               rank, world, cfg["seed"])
+        finetune(ctx, model, loader)
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+    results: dict = {}
+    for split in ("val", "test"):
+        if not ft[f"{split}_file"]:
+            continue
+        data = create_dataset("nlvr2", cfg, split, ctx.tokenizer, rank, world)
+        loader = create_loader(data, ft["batch_size_test"], collate, cfg["data"]["num_workers"], False, rank, world)
+        preds, labels = predict(model, loader, ctx.dist.device)
+        records = [{"index": i, "pred": p, "label": t}
+                   for i, p, t in zip(loader.sampler, preds, labels, strict=True)]
+        records = sorted(gather_unique(records, "index"), key=lambda r: r["index"])
+        for key, value in nlvr_metrics([r["pred"] for r in records], [r["label"] for r in records]).items():
+            results[f"{split}_{key}"] = value
+    write_results(ctx, "nlvr", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

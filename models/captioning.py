@@ -1,0 +1,316 @@
+"""X²-VLM image captioning as left-to-right masked-token prediction (the official "MLM for generation" recipe).
+
+No separate decoder: the text encoder and the fusion layers run under one causal attention mask, and the
+MLM head predicts a token from the hidden state of a ``[MASK]`` placed at that token's position.
+
+Training ("FG-free", the official ``apply_FG_free: True``): the caption is ``[CLS] prompt caption [SEP]``;
+some caption tokens (and possibly ``[SEP]``, never ``[CLS]`` or the prompt) are chosen as targets; before each
+chosen token a ``[MASK]`` is inserted that shares its position id. Attention is causal, no token attends to
+an inserted ``[MASK]`` except that ``[MASK]`` itself, so every real token sees exactly the left context it
+will see at generation time. The loss is the KL divergence to a label-smoothed target (smoothing
+``eps / (V - 2)`` on every id but the target and ``[CLS]``), averaged over the targets of the batch.
+With ``fg_free=False`` the chosen tokens are replaced by ``[MASK]`` in place instead.
+
+Generation: ``[CLS] prompt generated... [MASK]`` under the causal mask; the ``[MASK]`` state gives the next
+token's distribution. Beam search as the official one: each live beam proposes its best ``K`` tokens, the
+best ``K`` of those ``K × K`` continue, hypotheses ending in ``[SEP]`` leave the beam, ``[SEP]`` is blocked
+for the first ``min_length`` tokens, repeated 3-grams are blocked, and the final caption is the hypothesis
+with the highest summed log-probability (divided by ``((5 + n) / 6) ** length_penalty`` when that is > 0).
+``num_beams=1`` is greedy decoding.
+
+Training batch (from :class:`CaptionMLMCollate`): ``image`` ``(B, 3, H, W)``; ``text_ids``, ``text_atts``
+(padding), ``position_ids``, ``mask_slots`` (True at inserted ``[MASK]`` tokens) ``(B, L)``;
+``mlm_positions`` / ``mlm_labels`` ``(B, M)`` with -100 label padding.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch.utils.checkpoint import checkpoint
+
+from dataset.masking import IGNORE, continuation_table
+from models.x2vlm import X2VLM
+
+UNUSED_HEADS = ("itm_head", "bbox_head", "vision_proj", "text_proj")
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+
+# ------------------------------------------------------------------------------------------------ batches
+class CaptionMLMCollate:
+    """Samples ``{image, text, ...}`` (``text`` = prompt + cleaned caption, as :class:`dataset.tasks.CaptionDataset`
+    gives them) → a training batch (see the module docstring). Picklable, for DataLoader workers.
+
+    Targets: ``round((len(tokens) - n_prompt) * mask_prob)`` of them (at least 1, at most ``max_masks``; ``tokens``
+    counts ``[CLS]`` and ``[SEP]``), drawn from the caption tokens and the final ``[SEP]``; with probability
+    ``skipgram_prb`` a draw is a span of 2..``skipgram_size`` tokens, and spans grow to whole words.
+    """
+
+    def __init__(self, tokenizer, max_tokens: int, max_masks: int, mask_prob: float, skipgram_prb: float = 0.2,
+                 skipgram_size: int = 3, whole_word: bool = True, prompt: str = "", fg_free: bool = True):
+        self.tokenizer = tokenizer
+        self.max_tokens, self.max_masks, self.mask_prob = max_tokens, max_masks, mask_prob
+        self.skipgram_prb, self.skipgram_size, self.whole_word = skipgram_prb, skipgram_size, whole_word
+        self.fg_free = fg_free
+        self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.mask_id, self.pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
+        self.prompt_ids = prompt_token_ids(tokenizer, prompt)[1:]
+        self.cont = continuation_table(tokenizer)
+
+    def choose(self, ids: list[int], n_prompt: int, rng: random.Random) -> list[int]:
+        """Target positions in ``ids`` (``[CLS] prompt caption [SEP]``), sorted."""
+        lo, hi = 1 + n_prompt, len(ids)
+        if hi <= lo:
+            return []
+        n_pred = min(self.max_masks, max(1, int(round((len(ids) - n_prompt) * self.mask_prob))))
+        cand = list(range(lo, hi))
+        rng.shuffle(cand)
+        chosen: set[int] = set()
+        for pos in cand:
+            if len(chosen) >= n_pred:
+                break
+            if pos in chosen:
+                continue
+            end = pos + 1
+            if self.skipgram_size >= 2 and self.skipgram_prb > 0 and rng.random() < self.skipgram_prb:
+                end = pos + rng.randint(2, self.skipgram_size)
+            start = pos
+            if self.whole_word:
+                while start > lo and self.cont[ids[start]]:
+                    start -= 1
+                while end < hi and self.cont[ids[end]]:
+                    end += 1
+            chosen.update(range(start, min(end, hi)))
+        positions = sorted(chosen)
+        if len(positions) > n_pred:  # spans overshot
+            positions = sorted(rng.sample(positions, n_pred))
+        return positions
+
+    def encode(self, text: str, rng: random.Random | None = None) -> dict[str, list[int]]:
+        """One caption → ``ids``, ``positions`` (position ids), ``slots``, ``targets`` (indices into ``ids``)
+        and ``labels``."""
+        rng = rng or random
+        tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        n_prompt = len(self.prompt_ids) if tokens[:len(self.prompt_ids)] == self.prompt_ids else 0
+        ids = ([self.cls_id] + tokens + [self.sep_id])[:self.max_tokens]
+        chosen = self.choose(ids, n_prompt, rng)
+        if not self.fg_free:
+            out = list(ids)
+            for p in chosen:
+                out[p] = self.mask_id
+            return {"ids": out, "positions": list(range(len(ids))), "slots": [0] * len(ids), "targets": chosen,
+                    "labels": [ids[p] for p in chosen]}
+        out, pos, slots, targets = [], [], [], []
+        chosen_set = set(chosen)
+        for p, t in enumerate(ids):
+            if p in chosen_set:
+                targets.append(len(out))
+                out.append(self.mask_id)
+                pos.append(p)
+                slots.append(1)
+            out.append(t)
+            pos.append(p)
+            slots.append(0)
+        return {"ids": out, "positions": pos, "slots": slots, "targets": targets,
+                "labels": [ids[p] for p in chosen]}
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        enc = [self.encode(s["text"]) for s in samples]
+        n, length = len(enc), max(len(e["ids"]) for e in enc)
+        m = max(1, max(len(e["targets"]) for e in enc))
+        ids = torch.full((n, length), self.pad_id, dtype=torch.long)
+        atts = torch.zeros(n, length, dtype=torch.long)
+        pos = torch.zeros(n, length, dtype=torch.long)
+        slots = torch.zeros(n, length, dtype=torch.bool)
+        targets = torch.zeros(n, m, dtype=torch.long)
+        labels = torch.full((n, m), IGNORE, dtype=torch.long)
+        for i, e in enumerate(enc):
+            k, t = len(e["ids"]), len(e["targets"])
+            ids[i, :k] = torch.tensor(e["ids"])
+            atts[i, :k] = 1
+            pos[i, :k] = torch.tensor(e["positions"])
+            slots[i, :k] = torch.tensor(e["slots"], dtype=torch.bool)
+            targets[i, :t] = torch.tensor(e["targets"], dtype=torch.long)
+            labels[i, :t] = torch.tensor(e["labels"], dtype=torch.long)
+        batch = {"image": torch.stack([s["image"] for s in samples]), "text_ids": ids, "text_atts": atts,
+                 "position_ids": pos, "mask_slots": slots, "mlm_positions": targets, "mlm_labels": labels}
+        if "image_id" in samples[0]:
+            batch["image_id"] = [s["image_id"] for s in samples]
+        return batch
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """``[CLS]`` + the prompt's tokens: the fixed start of every generated caption."""
+    words = tokenizer(prompt.strip(), add_special_tokens=False)["input_ids"] if prompt.strip() else []
+    return [tokenizer.cls_token_id, *words]
+
+
+def caption_attention(text_atts: torch.Tensor, mask_slots: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean attention ``(B, 1, L, L)`` (True = attend): causal, padding keys off, and no query but itself
+    attends to a ``mask_slots`` key."""
+    b, n = text_atts.shape
+    allowed = torch.ones(n, n, dtype=torch.bool, device=text_atts.device).tril()[None].expand(b, n, n)
+    allowed = allowed & text_atts.bool()[:, None, :]
+    if mask_slots is not None:
+        eye = torch.eye(n, dtype=torch.bool, device=text_atts.device)[None]
+        allowed = allowed & (~mask_slots.bool()[:, None, :] | eye)
+    return allowed[:, None]
+
+
+def smoothed_kl_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, exclude_id: int) -> torch.Tensor:
+    """Mean over non-ignored targets of KL(q || softmax(logits)), q = ``1 - smoothing`` on the label,
+    ``smoothing / (V - 2)`` on every other id except ``exclude_id`` (0 there). ``smoothing=0`` is cross-entropy."""
+    valid = labels != IGNORE
+    if not valid.any():
+        return logits.sum() * 0.0
+    logp = F.log_softmax(logits[valid].float(), dim=-1)
+    target = labels[valid]
+    v = logp.shape[-1]
+    lp_target = logp.gather(1, target[:, None])[:, 0]
+    if smoothing <= 0:
+        return -lp_target.mean()
+    s = smoothing / (v - 2)
+    lp_rest = logp.sum(-1) - lp_target - logp[:, exclude_id]
+    entropy_part = (1 - smoothing) * math.log(1 - smoothing) if smoothing < 1 else 0.0
+    entropy_part += (v - 2) * s * math.log(s)
+    return (entropy_part - (1 - smoothing) * lp_target - s * lp_rest).mean()
+
+
+# ------------------------------------------------------------------------------------------------ model
+class X2VLMForCaptioning(X2VLM):
+    """The backbone and the (tied) MLM head; ITM / bbox heads and the ITC projections are dropped.
+
+    ``label_smoothing`` (official 0.1) is set by the task script."""
+
+    def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
+        super().__init__(model_cfg, loss_cfg, load_text_weights)
+        for name in UNUSED_HEADS:
+            delattr(self, name)
+        self.label_smoothing = 0.1
+        self._cls_id: int | None = None
+        self._sep_id: int | None = None
+        self._mask_id: int | None = None
+        emb = self.text_encoder.embeddings
+        # RoBERTa-style position ids start after the padding index
+        self._pos_offset = emb.padding_idx + 1 if "roberta" in type(emb).__name__.lower() else 0
+
+    def caption_states(self, ids: torch.Tensor, position_ids: torch.Tensor, attn: torch.Tensor,
+                       image_embeds: torch.Tensor, image_atts: torch.Tensor | None = None) -> torch.Tensor:
+        """Fusion output ``(B, L, H)`` with the text and fusion self-attention under ``attn`` ``(B, 1, L, L)``."""
+        text_mask = attn if _TRANSFORMERS_MAJOR >= 5 else attn[:, 0].long()  # 4.x takes (B, L, L) 0/1 masks
+        text = self.text_encoder(input_ids=ids, attention_mask=text_mask,
+                                 position_ids=position_ids + self._pos_offset).last_hidden_state
+        vision_mask = None if image_atts is None or bool(image_atts.all()) else \
+            image_atts.bool()[:, None, None, :]
+        for layer in self.fusion.layer:
+            if self.fusion.grad_checkpointing and self.training:
+                text = checkpoint(layer, text, attn, image_embeds, vision_mask, use_reentrant=False)
+            else:
+                text = layer(text, attn, image_embeds, vision_mask)
+        return text
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
+        """``{"loss"}``: the smoothed masked-token loss of one training batch."""
+        image_embeds, image_atts = self.encode_image(batch["image"])
+        attn = caption_attention(batch["text_atts"], batch.get("mask_slots"))
+        states = self.caption_states(batch["text_ids"], batch["position_ids"], attn, image_embeds, image_atts)
+        logits = self.mlm_logits(states, batch["mlm_positions"])
+        self._check_special_tokens()
+        loss = smoothed_kl_loss(logits, batch["mlm_labels"], self.label_smoothing, self._cls_id)
+        return {"loss": loss}
+
+    def set_special_tokens(self, tokenizer) -> None:
+        """Ids the model needs: ``[CLS]`` (no smoothing mass; the official ``ignore_index``), ``[SEP]`` (end of
+        caption) and ``[MASK]``."""
+        self._cls_id, self._sep_id, self._mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, \
+            tokenizer.mask_token_id
+
+    def _check_special_tokens(self) -> None:
+        if self._cls_id is None or self._sep_id is None or self._mask_id is None:
+            raise RuntimeError("call set_special_tokens(tokenizer) first: the model needs [CLS], [SEP] and [MASK]")
+
+    def next_token_logprobs(self, image_embeds: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(N, V)`` of the token after ``prefix`` ``(N, L)`` (a ``[MASK]`` is appended)."""
+        n, length = prefix.shape
+        ids = torch.cat([prefix, prefix.new_full((n, 1), self._mask_id)], dim=1)
+        atts = torch.ones_like(ids)
+        pos = torch.arange(length + 1, device=ids.device)[None].expand(n, -1)
+        states = self.caption_states(ids, pos, caption_attention(atts), image_embeds)
+        return F.log_softmax(self.mlm_head(states[:, -1]).float(), dim=-1)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, prompt_ids: list[int], num_beams: int = 3, max_length: int = 50,
+                 min_length: int = 5, length_penalty: float = 0.0, no_repeat_ngram: int = 3) -> list[list[int]]:
+        """Token ids of one caption per image (without the prompt and the final ``[SEP]``); see the module
+        docstring. ``max_length`` counts generated tokens."""
+        self._check_special_tokens()
+        image_embeds, _ = self.encode_image(images)
+        b, k, dev = images.shape[0], num_beams, images.device
+        image_embeds = image_embeds.repeat_interleave(k, 0)
+        prefix = torch.tensor(prompt_ids, dtype=torch.long, device=dev)[None].expand(b * k, -1)
+        gen = prefix.new_zeros(b * k, 0)
+        score = torch.full((b, k), -math.inf, device=dev)
+        score[:, 0] = 0.0  # the beams start identical: expand only the first
+        done: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+        steps_run = 0
+        for step in range(max_length):
+            steps_run = step + 1
+            logp = self.next_token_logprobs(image_embeds, torch.cat([prefix, gen], dim=1))
+            if step < min_length:
+                logp[:, self._sep_id] = -math.inf
+            if no_repeat_ngram > 0 and gen.shape[1] + 1 >= no_repeat_ngram:
+                _block_repeats(logp, gen.tolist(), no_repeat_ngram)
+            top_lp, top_id = logp.topk(k, dim=-1)  # each beam proposes its best k tokens
+            cand = (score.reshape(b * k, 1) + top_lp).reshape(b, k * k)
+            best, idx = cand.topk(k, dim=-1)
+            token = top_id.reshape(b, k * k).gather(1, idx)
+            rows = (torch.arange(b, device=dev)[:, None] * k + torch.div(idx, k, rounding_mode="floor")).reshape(-1)
+            gen = torch.cat([gen[rows], token.reshape(-1, 1)], dim=1)
+            score = best
+            ended = (token == self._sep_id) & torch.isfinite(best)
+            for i, j in ended.nonzero().tolist():
+                done[i].append((_normalise(float(best[i, j]), step, length_penalty), gen[i * k + j, :-1].tolist()))
+            score = score.masked_fill(token == self._sep_id, -math.inf)
+            if _finished(done, score, length_penalty):
+                break
+        out = []
+        for i in range(b):
+            hyps = list(done[i])
+            for j in range(k):  # beams still open at the last step are candidates too
+                if math.isfinite(float(score[i, j])):
+                    hyps.append((_normalise(float(score[i, j]), steps_run - 1, length_penalty),
+                                 gen[i * k + j].tolist()))
+            out.append(max(hyps, key=lambda h: h[0])[1] if hyps else [])
+        return out
+
+
+def _normalise(score: float, step: int, length_penalty: float) -> float:
+    return score / ((5 + step + 1) / 6.0) ** length_penalty if length_penalty > 0 else score
+
+
+def _finished(done: list[list[tuple[float, list[int]]]], score: torch.Tensor, length_penalty: float) -> bool:
+    """Every image is settled: no open beam, or (summed log-probabilities only fall) no open beam can still
+    beat its best ended hypothesis."""
+    best_open = score.max(dim=1).values.tolist()
+    for hyps, open_best in zip(done, best_open, strict=True):
+        if math.isinf(open_best):
+            continue
+        if length_penalty > 0 or not hyps or max(h[0] for h in hyps) < open_best:
+            return False
+    return True
+
+
+def _block_repeats(logp: torch.Tensor, seqs: list[list[int]], n: int) -> None:
+    """Forbid (−inf) every token that would repeat an ``n``-gram already in the row's generated tokens."""
+    for row, seq in enumerate(seqs):
+        if len(seq) < n - 1:
+            continue
+        tail = tuple(seq[len(seq) - (n - 1):]) if n > 1 else ()
+        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == tail}
+        if banned:
+            logp[row, list(banned)] = -math.inf
+
