@@ -262,3 +262,58 @@ def test_zero_shot_eval_without_files_and_bad_keys(tiny_cfg, tiny_model):
     assert zero_shot_eval(tiny_cfg, tiny_model, None, "cpu") == {}
     with pytest.raises(ValueError, match="unknown eval config"):
         zero_shot_eval({**tiny_cfg, "eval": {"k_tset": 3}}, tiny_model, None, "cpu")
+
+
+# --------------------------------------------------------------------------------------- winoground
+def test_winoground_scores_hand_made():
+    from utils.evaluation import winoground_metrics
+    # scores[n, caption, image]; caption c belongs with image c
+    scores = torch.tensor([
+        [[1.0, 0.0], [0.0, 1.0]],  # everything right
+        [[0.5, 0.6], [0.1, 0.9]],  # text right (0.5 > 0.1, 0.9 > 0.6), image wrong (caption 0 prefers image 1)
+        [[0.5, 0.1], [0.6, 0.9]],  # image right (0.5 > 0.1, 0.9 > 0.6), text wrong (image 0 prefers caption 1)
+        [[0.5, 0.5], [0.5, 0.5]],  # ties fail
+        [[0.0, 1.0], [1.0, 0.0]],  # everything swapped
+    ])
+    out = winoground_metrics(scores)
+    assert out["text_score"] == pytest.approx(40.0)
+    assert out["image_score"] == pytest.approx(40.0)
+    assert out["group_score"] == pytest.approx(20.0)
+    assert (out["chance_text_score"], out["chance_image_score"]) == (25.0, 25.0)
+    assert out["chance_group_score"] == pytest.approx(100 / 6)
+    with pytest.raises(ValueError, match=r"\(N, 2, 2\)"):
+        winoground_metrics(torch.zeros(3, 4))
+
+
+def test_winoground_chance_levels_match_random_scores():
+    from utils.evaluation import winoground_metrics
+    out = winoground_metrics(torch.rand(200_000, 2, 2, generator=torch.Generator().manual_seed(0)))
+    for name in ("text_score", "image_score", "group_score"):
+        assert out[name] == pytest.approx(out[f"chance_{name}"], abs=0.5)
+
+
+def test_winoground_scores_from_model():
+    from utils.evaluation import evaluate_winoground, winoground_metrics, winoground_scores
+    # examples (image_0, caption_0, image_1, caption_1) over the stub's 3 images / 6 texts (t_j describes
+    # image TXT2IMG[j])
+    examples = [(0, "t0", 1, "t1"), (2, "t5", 1, "t4"), (0, "t3", 2, "t2")]
+    rows = [{"image_0": torch.eye(3)[a], "caption_0": c0, "image_1": torch.eye(3)[b], "caption_1": c1}
+            for a, c0, b, c1 in examples]
+    loader = DataLoader(rows, batch_size=2, collate_fn=collate_dict)
+    model = StubRetrievalModel().train()
+    itm = winoground_scores(model, loader, "cpu", tokenizer=stub_tokenizer)
+    assert model.training
+    for n, (a, c0, b, c1) in enumerate(examples):
+        for c, text in enumerate((c0, c1)):
+            for i, image in enumerate((a, b)):
+                s = ITM[image, int(text[1:])]
+                assert itm[n, c, i] == pytest.approx(float(torch.sigmoid(2 * s)))  # softmax([-s, s])[1]
+                assert winoground_scores(model, loader, "cpu", tokenizer=stub_tokenizer, score="itc")[n, c, i] == \
+                    pytest.approx(float(SIMS[image, int(text[1:])]))
+    # the match probability orders pairs like the match logit: the metrics equal those of the raw ITM table
+    out = evaluate_winoground(model, loader, "cpu", tokenizer=stub_tokenizer)
+    expected = torch.tensor([[[ITM[a, int(c0[1:])], ITM[b, int(c0[1:])]], [ITM[a, int(c1[1:])], ITM[b, int(c1[1:])]]]
+                             for a, c0, b, c1 in examples])
+    assert out == winoground_metrics(expected)
+    with pytest.raises(ValueError, match="itm"):
+        winoground_scores(model, loader, "cpu", tokenizer=stub_tokenizer, score="clip")

@@ -118,3 +118,15 @@ def write_results(ctx: TaskContext, name: str, results: dict[str, Any]) -> Path 
         return None
     print(f"{name}: " + json.dumps(results, sort_keys=True))
     return write_json_atomic(ctx.output_dir / f"{name}.json", results)
+
+
+def finish(ctx: TaskContext, name: str, results: dict[str, float]) -> dict[str, float]:
+    """Write ``results`` (:func:`write_results`), print them with chance levels on rank 0, leave the
+    process group; returns ``results`` (the task scripts' ``main`` return value)."""
+    from utils.dist import cleanup
+    from utils.evaluation import format_results
+    write_results(ctx, name, results)
+    if ctx.dist.is_main:
+        print(format_results(results))
+    cleanup()
+    return results

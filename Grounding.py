@@ -1,0 +1,69 @@
+"""Referring-expression grounding (RefCOCO+): fine-tune the bbox head (L1 + GIoU) on the fusion [CLS] of the
+whole image and the expression, then score accuracy (IoU >= 0.5) on each evaluation file.
+
+    python Grounding.py --config configs/finetune/grounding_demo.yaml                    # CPU demo
+    python run.py --task grounding --dist 8 --config configs/finetune/grounding_refcoco_plus.yaml \\
+        --checkpoint x2vlm_large_4m.th --output_dir out/refcoco+
+    python Grounding.py --config configs/finetune/grounding_refcoco_plus.yaml \\
+        --checkpoint out/refcoco+/model.safetensors --evaluate
+
+Every file of ``data.finetune.val_file`` and ``test_file`` is one split, named after the end of its file
+name (``grounding_testA.json`` → ``testA``); ``output_dir/grounding.json`` holds ``<split>/acc``,
+``<split>/miou`` and the constant-box chance levels ``<split>/chance_acc``, ``<split>/chance_miou``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Subset
+
+from dataset import collate_for, create_dataset, create_loader
+from dataset.collate import TokenizeCollate
+from models.grounding import X2VLMGrounding
+from utils.evaluation import evaluate_grounding
+from utils.task import finetune, finish, save_final_weights, setup_task, task_parser
+
+
+def split_names(files: list[str]) -> list[str]:
+    """``.../grounding_testA.json`` → ``testA``; the whole stem where two files would share a name."""
+    short = [Path(f).stem.rsplit("_", 1)[-1] for f in files]
+    return [s if short.count(s) == 1 else Path(f).stem for s, f in zip(short, files, strict=True)]
+
+
+def evaluate(ctx, model) -> dict[str, float]:
+    cfg, ft = ctx.cfg, ctx.cfg["data"]["finetune"]
+    files = [f for key in ("val_file", "test_file")
+             for f in ([ft[key]] if isinstance(ft[key], str) else ft[key] or [])]
+    results: dict[str, float] = {}
+    rank, world = ctx.dist.rank, ctx.dist.world_size
+    for name, file in zip(split_names(files), files, strict=True):
+        ds = create_dataset("grounding", cfg, [file], ctx.tokenizer)
+        if world > 1:  # a strided share per rank, no padding; evaluate_grounding gathers the predictions
+            ds = Subset(ds, range(rank, len(ds), world))
+        loader = create_loader(ds, ft["batch_size_test"], collate_for("grounding"), cfg["data"]["num_workers"],
+                               training=False)
+        metrics = evaluate_grounding(model, loader, ctx.dist.device, tokenizer=ctx.tokenizer,
+                                     max_tokens=cfg["data"]["max_tokens"], dist_info=ctx.dist)
+        results |= {f"{name}/{k}": v for k, v in metrics.items()}
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    ctx = setup_task(task_parser(__doc__, "configs/finetune/grounding_demo.yaml").parse_args(argv))
+    cfg = ctx.cfg
+    model = X2VLMGrounding.from_config(cfg)
+    if not ctx.args.evaluate:
+        train_ds = create_dataset("grounding", cfg, "train", ctx.tokenizer)
+        collate = TokenizeCollate(collate_for("grounding"), ctx.tokenizer, cfg["data"]["max_tokens"],
+                                  {"text": "text"})
+        loader = create_loader(train_ds, cfg["data"]["finetune"]["batch_size_train"], collate,
+                               cfg["data"]["num_workers"], True, ctx.dist.rank, ctx.dist.world_size, cfg["seed"])
+        finetune(ctx, model, loader)
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+    results = evaluate(ctx, model)
+    return finish(ctx, "grounding", results)
+
+
+if __name__ == "__main__":
+    main()
