@@ -31,6 +31,34 @@ def continuation_table(tokenizer) -> np.ndarray:
     return table
 
 
+def choose_spans(ids: list[int], lo: int, hi: int, n_pred: int, rng: random.Random, skipgram_prb: float,
+                 skipgram_size: int, cont: np.ndarray | None = None) -> list[int]:
+    """``n_pred`` (or fewer) sorted positions in ``[lo, hi)`` of ``ids``: random starts, a span of
+    2..``skipgram_size`` tokens with probability ``skipgram_prb``, widened to whole words when ``cont``
+    (:func:`continuation_table`) is given; spans that overshoot are cut back to a random subset."""
+    cand = list(range(lo, hi))
+    rng.shuffle(cand)
+    chosen: set[int] = set()
+    for pos in cand:
+        if len(chosen) >= n_pred:
+            break
+        if pos in chosen:
+            continue
+        start, end = pos, pos + 1
+        if skipgram_size >= 2 and skipgram_prb > 0 and rng.random() < skipgram_prb:
+            end = pos + rng.randint(2, skipgram_size)
+        if cont is not None:
+            while start > lo and cont[ids[start]]:
+                start -= 1
+            while end < hi and cont[ids[end]]:
+                end += 1
+        chosen.update(range(start, min(end, hi)))
+    positions = sorted(chosen)
+    if len(positions) > n_pred:
+        positions = sorted(rng.sample(positions, n_pred))
+    return positions
+
+
 class MaskGenerator:
     """Callable ``(ids, rng) -> (masked_ids, positions, labels)``; ``ids`` start with [CLS] and end with [SEP].
 
@@ -49,14 +77,6 @@ class MaskGenerator:
         # every id of the vocabulary (added tokens too), specials included: the official recipe's draw
         self.random_ids = np.array(sorted(set(tokenizer.get_vocab().values())), dtype=np.int64)
 
-    def _span(self, ids: list[int], start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
-        if self.whole_word:
-            while start > lo and self.cont[ids[start]]:
-                start -= 1
-            while end < hi and self.cont[ids[end]]:
-                end += 1
-        return start, min(end, hi)
-
     def __call__(self, ids: list[int], rng: random.Random | None = None) -> tuple[list[int], list[int], list[int]]:
         rng = rng or random
         lo, hi = 1, len(ids) - 1  # candidates exclude [CLS] and the final [SEP]
@@ -64,22 +84,8 @@ class MaskGenerator:
         if n_cand <= 0:
             return list(ids), [0] * self.max_masks, [IGNORE] * self.max_masks
         n_pred = min(self.max_masks, max(1, int(round(n_cand * self.mask_prob))))
-        cand = list(range(lo, hi))
-        rng.shuffle(cand)
-        chosen: set[int] = set()
-        for pos in cand:
-            if len(chosen) >= n_pred:
-                break
-            if pos in chosen:
-                continue
-            length = 1
-            if self.skipgram_size >= 2 and self.skipgram_prb > 0 and rng.random() < self.skipgram_prb:
-                length = rng.randint(2, self.skipgram_size)
-            start, end = self._span(ids, pos, pos + length, lo, hi)
-            chosen.update(range(start, end))
-        positions = sorted(chosen)
-        if len(positions) > n_pred:  # spans overshot: keep a random subset
-            positions = sorted(rng.sample(positions, n_pred))
+        positions = choose_spans(ids, lo, hi, n_pred, rng, self.skipgram_prb, self.skipgram_size,
+                                 self.cont if self.whole_word else None)
         masked = list(ids)
         labels = []
         for p in positions:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import transformers
 from torch.utils.checkpoint import checkpoint
 
-from dataset.masking import IGNORE, continuation_table
+from dataset.masking import IGNORE, choose_spans, continuation_table
 from models.x2vlm import X2VLM
 
 UNUSED_HEADS = ("itm_head", "bbox_head", "vision_proj", "text_proj")
@@ -67,28 +67,8 @@ class CaptionMLMCollate:
         if hi <= lo:
             return []
         n_pred = min(self.max_masks, max(1, int(round((len(ids) - n_prompt) * self.mask_prob))))
-        cand = list(range(lo, hi))
-        rng.shuffle(cand)
-        chosen: set[int] = set()
-        for pos in cand:
-            if len(chosen) >= n_pred:
-                break
-            if pos in chosen:
-                continue
-            end = pos + 1
-            if self.skipgram_size >= 2 and self.skipgram_prb > 0 and rng.random() < self.skipgram_prb:
-                end = pos + rng.randint(2, self.skipgram_size)
-            start = pos
-            if self.whole_word:
-                while start > lo and self.cont[ids[start]]:
-                    start -= 1
-                while end < hi and self.cont[ids[end]]:
-                    end += 1
-            chosen.update(range(start, min(end, hi)))
-        positions = sorted(chosen)
-        if len(positions) > n_pred:  # spans overshot
-            positions = sorted(rng.sample(positions, n_pred))
-        return positions
+        return choose_spans(ids, lo, hi, n_pred, rng, self.skipgram_prb, self.skipgram_size,
+                            self.cont if self.whole_word else None)
 
     def encode(self, text: str, rng: random.Random | None = None) -> dict[str, list[int]]:
         """One caption → ``ids``, ``positions`` (position ids), ``slots``, ``targets`` (indices into ``ids``)
