@@ -64,10 +64,17 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
+                context_index: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, Lq, H) attends to ``context``: (B, Lk, Dk), or (U, Lk, Dk) shared by several rows of
+        ``x`` when ``context_index`` (B,) names each row's context (keys/values projected once per context;
+        ``mask`` then has U rows too)."""
         q = self._split(self.self.query(x))
         k = self._split(self.self.key(context))
         v = self._split(self.self.value(context))
+        if context_index is not None:
+            k, v = k[context_index], v[context_index]
+            mask = mask[context_index] if mask is not None else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.attn_dropout if self.training else 0.0)
         out = out.transpose(1, 2).flatten(2)
@@ -96,9 +103,9 @@ class FusionLayer(nn.Module):
         self.output = _Output(inner, hidden, eps, dropout)
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor | None, vision: torch.Tensor,
-                vision_mask: torch.Tensor | None) -> torch.Tensor:
+                vision_mask: torch.Tensor | None, vision_index: torch.Tensor | None = None) -> torch.Tensor:
         x = self.attention(text, text, text_mask)
-        x = self.crossattention(x, vision, vision_mask)
+        x = self.crossattention(x, vision, vision_mask, vision_index)
         return self.output(self.intermediate(x), x)
 
 
@@ -115,13 +122,17 @@ class FusionEncoder(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, text: torch.Tensor, text_atts: torch.Tensor | None, vision: torch.Tensor,
-                vision_atts: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
-        """``text`` (B, Lt, H) attends to itself (causally if asked) and to ``vision`` (B, Lv, Dv)."""
+                vision_atts: torch.Tensor | None, causal: bool = False,
+                vision_index: torch.Tensor | None = None) -> torch.Tensor:
+        """``text`` (B, Lt, H) attends to itself (causally if asked) and to ``vision`` (B, Lv, Dv). With
+        ``vision_index`` (B,), ``vision`` / ``vision_atts`` hold U distinct visual inputs and text row i
+        attends to ``vision[vision_index[i]]``: each layer projects a visual input's keys and values once,
+        however many texts read it (the ITM re-ranking's one image × k texts)."""
         text_mask = attention_mask(text_atts, text.shape[1], causal)
         vision_mask = attention_mask(vision_atts, text.shape[1])
         for layer in self.layer:
             if self.grad_checkpointing and self.training:
-                text = checkpoint(layer, text, text_mask, vision, vision_mask, use_reentrant=False)
+                text = checkpoint(layer, text, text_mask, vision, vision_mask, vision_index, use_reentrant=False)
             else:
-                text = layer(text, text_mask, vision, vision_mask)
+                text = layer(text, text_mask, vision, vision_mask, vision_index)
         return text

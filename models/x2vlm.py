@@ -188,9 +188,11 @@ class X2VLM(nn.Module):
         return self.text_encoder(input_ids=ids, attention_mask=atts).last_hidden_state
 
     def fuse(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None, text_embeds: torch.Tensor,
-             text_atts: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
-        """Fusion output ``(B, Lt, H)``: text queries attend to the visual concept's tokens."""
-        return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal)
+             text_atts: torch.Tensor | None, causal: bool = False,
+             image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Fusion output ``(B, Lt, H)``: text queries attend to the visual concept's tokens (row
+        ``image_index[i]`` of ``image_embeds`` for text i when given, else row i)."""
+        return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal, vision_index=image_index)
 
     def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
@@ -199,9 +201,11 @@ class X2VLM(nn.Module):
         return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
 
     def itm_logits(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None,
-                   text_embeds: torch.Tensor, text_atts: torch.Tensor | None) -> torch.Tensor:
-        """Match / no-match logits ``(B, 2)`` (index 1 = match)."""
-        return self.itm_head(self.fuse(image_embeds, image_atts, text_embeds, text_atts)[:, 0])
+                   text_embeds: torch.Tensor, text_atts: torch.Tensor | None,
+                   image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Match / no-match logits ``(B, 2)`` (index 1 = match); ``image_index`` as in :meth:`fuse`."""
+        fused = self.fuse(image_embeds, image_atts, text_embeds, text_atts, image_index=image_index)
+        return self.itm_head(fused[:, 0])
 
     def predict_boxes(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
                       text_atts: torch.Tensor | None) -> torch.Tensor:

@@ -49,6 +49,7 @@ class StubRetrievalModel(nn.Module):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(()))
         self.itm_calls = 0
+        self.itm_pairs = []  # (pairs, distinct images) of each ITM call
 
     def encode_image(self, images):
         return images[:, None, :], torch.ones(images.shape[0], 1, dtype=torch.long)
@@ -62,9 +63,12 @@ class StubRetrievalModel(nn.Module):
     def text_features(self, embeds):
         return SIMS[:, embeds[:, 0, 0].long()].t()
 
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
         assert not self.training
         self.itm_calls += 1
+        self.itm_pairs.append((text_embeds.shape[0], image_embeds.shape[0]))
+        if image_index is not None:
+            image_embeds = image_embeds[image_index]
         score = ITM[image_embeds[:, 0].argmax(1), text_embeds[:, 0, 0].long()]
         return torch.stack([-score, score], dim=1)
 
@@ -113,8 +117,11 @@ def test_retrieval_itc_recall_hand_computed():
 
 
 def test_retrieval_itm_rerank_changes_ranking():
-    out, model = run_retrieval(2, itm_batch_size=3)  # 1 query (2 pairs) per ITM pass
-    assert model.itm_calls == 3 + 6
+    out, model = run_retrieval(2, itm_batch_size=3)  # at most 3 pairs per ITM pass
+    # pairs sorted by image, each call passes its distinct images once. Image queries: images 0 0 1 | 1 2 2.
+    # Text queries (top 2 images of each text): image 0 for t0 t2 t3 t4, 1 for t0 t1 t3 t4 t5, 2 for t1 t2 t5
+    # → 0 0 0 | 0 1 1 | 1 1 1 | 2 2 2.
+    assert model.itm_pairs == [(3, 2), (3, 2), (3, 1), (3, 2), (3, 1), (3, 1)]
     assert out["txt_r1"] == pytest.approx(100 / 3)
     assert out["img_r1"] == pytest.approx(200 / 3)
     assert out["txt_r5"] == out["img_r5"] == 100.0  # positives outside the top 2 still rank next

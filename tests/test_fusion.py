@@ -216,3 +216,22 @@ def test_grad_checkpointing_gives_same_output_and_grads() -> None:
 def test_heads_must_divide_hidden() -> None:
     with pytest.raises(ValueError, match="multiple"):
         FusionLayer(hidden=30, heads=4, inner=8, vision_width=8)
+
+
+def test_shared_vision_index_equals_repeated_vision() -> None:
+    """Texts reading one of U distinct visual inputs through ``vision_index`` get what they get from
+    their own copy of it (the ITM re-ranking path), masks included, with and without grad checkpointing."""
+    enc = make_encoder()
+    text, text_atts, vision, vision_atts = inputs()
+    vision, vision_atts = vision[[0, 2]], vision_atts[[0, 2]]  # U = 2 distinct inputs (both masked)
+    index = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        repeated = enc(text, text_atts, vision[index], vision_atts[index])
+        shared = enc(text, text_atts, vision, vision_atts, vision_index=index)
+    assert torch.allclose(shared, repeated, atol=1e-5)
+    enc.train().grad_checkpointing = True
+    torch.manual_seed(3)
+    a = enc(text, text_atts, vision, vision_atts, vision_index=index)
+    torch.manual_seed(3)
+    b = enc(text, text_atts, vision[index], vision_atts[index])
+    assert torch.allclose(a, b, atol=1e-5)

@@ -125,25 +125,45 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
 
 
 @torch.no_grad()
-def _rerank(sims: torch.Tensor, k: int, rows: range, itm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            pair_batch: int) -> torch.Tensor:
+def _rerank(sims: torch.Tensor, k: int, rows: range,
+            pair_scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pair_batch: int,
+            queries_are_images: bool) -> torch.Tensor:
     """Scores ``(Q, C)``: rows outside ``rows`` are 0 (other ranks fill them); in ``rows``, the top ``k``
-    candidates by similarity get ``itm(queries, candidates)`` and the others rank below all of them, in
-    similarity order (``lowest ITM score - 1 - (max similarity - similarity)``)."""
+    candidates by similarity get ``pair_scores(image_ids, text_ids)`` and the others rank below all of them,
+    in similarity order (``lowest ITM score - 1 - (max similarity - similarity)``). Pairs are scored in
+    batches of ``pair_batch`` sorted by image, so that a batch holds few distinct images (their fusion
+    keys/values are projected once per batch)."""
     out = torch.zeros_like(sims)
     if len(rows) == 0:
         return out
     block = sims[rows.start:rows.stop]
     top = block.topk(k, dim=1).indices
-    per_pass = max(1, pair_batch // k)
-    for start in range(0, len(rows), per_pass):
-        q = torch.arange(start, min(start + per_pass, len(rows)), device=sims.device)
-        scores = itm(rows.start + q, top[q]).to(out.dtype)  # (len(q), k)
-        sim = block[q]
-        floor = scores.min(1, keepdim=True).values - 1
-        out[rows.start + q] = floor - (sim.max(1, keepdim=True).values - sim)
-        out[rows.start + q[:, None], top[q]] = scores
+    query = torch.arange(rows.start, rows.stop, device=sims.device).repeat_interleave(k)
+    cand = top.flatten()
+    image_ids, text_ids = (query, cand) if queries_are_images else (cand, query)
+    order = torch.argsort(image_ids, stable=True)
+    scores = torch.empty(query.numel(), dtype=out.dtype, device=sims.device)
+    for start in range(0, order.numel(), pair_batch):
+        sel = order[start:start + pair_batch]
+        scores[sel] = pair_scores(image_ids[sel], text_ids[sel]).to(out.dtype)
+    scores = scores.view(len(rows), k)
+    floor = scores.min(1, keepdim=True).values - 1
+    out[rows.start:rows.stop] = floor - (block.max(1, keepdim=True).values - block)
+    out[rows.start:rows.stop].scatter_(1, top, scores)
     return out
+
+
+def itm_pair_scorer(model: nn.Module, image_embeds: torch.Tensor, image_atts: torch.Tensor,
+                    text_embeds: torch.Tensor, text_atts: torch.Tensor
+                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(image_ids, text_ids) -> (P,)`` ITM match logits of the pairs; each distinct image of a call is
+    fused once (``image_index``), not once per pair."""
+    def pair_scores(image_ids: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        unique, inverse = torch.unique(image_ids, return_inverse=True)
+        logits = model.itm_logits(image_embeds[unique], image_atts[unique], text_embeds[text_ids],
+                                  text_atts[text_ids], image_index=inverse)
+        return logits[:, 1]
+    return pair_scores
 
 
 @torch.no_grad()
@@ -165,22 +185,11 @@ def retrieval_scores(model: nn.Module, loader, device, k_test: int, itm_rerank: 
             return sims, sims, sims.t().contiguous()
         rank, world = _world(dist_info)
         n_img, n_txt = sims.shape
-
-        def i2t(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-            k = cand.shape[1]
-            logits = model.itm_logits(img_emb[q].repeat_interleave(k, 0), img_atts[q].repeat_interleave(k, 0),
-                                      txt_emb[cand.flatten()], txt_atts[cand.flatten()])
-            return logits[:, 1].view(-1, k)
-
-        def t2i(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-            k = cand.shape[1]
-            logits = model.itm_logits(img_emb[cand.flatten()], img_atts[cand.flatten()],
-                                      txt_emb[q].repeat_interleave(k, 0), txt_atts[q].repeat_interleave(k, 0))
-            return logits[:, 1].view(-1, k)
-
-        score_i2t = _rerank(sims, min(k_test, n_txt), _shard(n_img, rank, world), i2t, itm_batch_size)
-        score_t2i = _rerank(sims.t().contiguous(), min(k_test, n_img), _shard(n_txt, rank, world), t2i,
-                            itm_batch_size)
+        pair_scores = itm_pair_scorer(model, img_emb, img_atts, txt_emb, txt_atts)
+        score_i2t = _rerank(sims, min(k_test, n_txt), _shard(n_img, rank, world), pair_scores, itm_batch_size,
+                            queries_are_images=True)
+        score_t2i = _rerank(sims.t().contiguous(), min(k_test, n_img), _shard(n_txt, rank, world), pair_scores,
+                            itm_batch_size, queries_are_images=False)
         if world > 1 and all_reduce:
             if not _dist_ready():
                 raise RuntimeError(f"dist_info says world_size={world} but no process group is initialised")
