@@ -144,6 +144,8 @@ def create_loader(dataset: Dataset | IterableDataset, batch_size: int, collate_f
                   training: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0) -> DataLoader:
     """DataLoader with fixed batch sizes in training (``drop_last``) and a rank-split sampler for map-style data."""
     sampler = None
+    if hasattr(dataset, "set_seed"):
+        dataset.set_seed(seed)
     if not isinstance(dataset, IterableDataset):
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=training,
                                               seed=seed, drop_last=training and world_size > 1)

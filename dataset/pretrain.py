@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataset.io import AnnotationIndex, BadSample, load_image
 from dataset.robust import SkipGuard, robust_fetch
-from dataset.sampling import EpochStream
+from dataset.sampling import EpochStream, sample_seed, seeded_random
 from dataset.text import TextProcessor, choose_caption
 from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
 from dataset.video import load_frames, select_clips
@@ -26,9 +26,16 @@ TEXT_KEYS = ("text_ids", "text_atts", "mlm_ids", "mlm_positions", "mlm_labels")
 
 
 class _AnnotationDataset(Dataset):
-    """Map-style base: records from an :class:`AnnotationIndex`, bad-sample policy from ``training``."""
+    """Map-style base: records from an :class:`AnnotationIndex`, bad-sample policy from ``training``.
+
+    Sample ``i`` draws its random choices from Python's ``random`` seeded by ``(seed, epoch, i)``
+    (:meth:`set_seed`, :meth:`set_epoch`), so it is the same in every worker and after a resume."""
 
     name = "data"
+    seed = 0
+    epoch = 0
+    #: put the sample's seed under ``seed`` (for a collate that draws at random, e.g. :class:`RegionCollate`)
+    sample_carries_seed = False
 
     def __init__(self, files, text: TextProcessor, training: bool = True, root: str | None = None,
                  max_bad_fraction: float = 0.05, bad_window: int = 1000):
@@ -38,6 +45,12 @@ class _AnnotationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def from_record(self, ann: dict) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -56,8 +69,12 @@ class _AnnotationDataset(Dataset):
             raise BadSample(f"{where}: {e.__class__.__name__}: {e}") from e
 
     def __getitem__(self, i: int) -> dict:
-        sample, skipped = robust_fetch(self._load_named, i, len(self), self.training, self.guard)
+        seed = sample_seed(self.seed, self.epoch, i)
+        with seeded_random(seed):
+            sample, skipped = robust_fetch(self._load_named, i, len(self), self.training, self.guard)
         sample["skipped"] = skipped
+        if self.sample_carries_seed:
+            sample["seed"] = seed
         return sample
 
 
@@ -87,6 +104,7 @@ class RegionTextDataset(_AnnotationDataset):
     """
 
     name = "region-text"
+    sample_carries_seed = True
 
     def __init__(self, files, text: TextProcessor, transform: BoxAwareTransform, image_key: str = "binary",
                  caption_key: str = "caption", is_image_rpath: bool = False, max_regions: int = 5, **kw):
@@ -216,10 +234,11 @@ class RegionCollate:
             is_region += s["is_region"]
         n = len(rows)
         keep = list(range(n))
+        rng = random.Random(sample_seed(*(s.get("seed", 0) for s in samples)))  # same rows on resume
         if n >= self.batch_size:
-            keep = sorted(random.sample(keep, self.batch_size))
+            keep = sorted(rng.sample(keep, self.batch_size))
         else:
-            keep += [random.randrange(n) for _ in range(self.batch_size - n)]
+            keep += [rng.randrange(n) for _ in range(self.batch_size - n)]
         return {"images": torch.stack([s["image"] for s in samples]), **_stack_text([rows[j] for j in keep]),
                 "image_index": torch.tensor([owner[j] for j in keep]),
                 "boxes": torch.tensor([boxes[j] for j in keep], dtype=torch.float),

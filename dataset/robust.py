@@ -60,7 +60,7 @@ def robust_fetch(fetch: Callable[[int], Any], index: int, size: int, training: b
     """
     if not training:
         return fetch(index), 0
-    rng = rng or random.Random()
+    rng = rng or random  # the caller's seeded global state (see dataset.sampling.seeded_random)
     skipped = 0
     for _ in range(max_tries):
         try:

@@ -1,14 +1,39 @@
-"""Resumable data order: a rank-split sampler that can start an epoch part-way, and an endless stream over
-a DataLoader's epochs whose position (epoch, batches drawn) is saved and restored with the checkpoints."""
+"""Resumable data order: a rank-split sampler that can start an epoch part-way, an endless stream over a
+DataLoader's epochs whose position (epoch, batches drawn) is saved and restored with the checkpoints, and
+per-sample random draws that depend only on (seed, epoch, index) — not on which worker process made the
+sample or on what it made before — so a resumed run sees the same augmentations and masks."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
 log = logging.getLogger("x2vlm.data")
+
+
+def sample_seed(*keys: int) -> int:
+    """One 64-bit seed from integer keys (e.g. base seed, epoch, sample index); equal in every process."""
+    h = 0x9E3779B97F4A7C15
+    for k in keys:
+        h = (h ^ (int(k) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int) -> Iterator[None]:
+    """Python's global ``random`` seeded with ``seed`` inside the block, its previous state restored after
+    (the data pipeline draws crops, flips, masks and captions from it)."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -37,7 +62,8 @@ class ResumableDistributedSampler(DistributedSampler):
 
 
 class EpochStream:
-    """Endless iteration over ``loader``'s epochs (``sampler.set_epoch`` each time) with a resumable position.
+    """Endless iteration over ``loader``'s epochs (``set_epoch`` of the sampler and the dataset each time)
+    with a resumable position.
 
     :meth:`state_dict` is ``{"epoch", "consumed"}`` (batches drawn in the current epoch). After
     :meth:`load_state_dict` the stream continues exactly: a :class:`ResumableDistributedSampler` skips the
@@ -69,9 +95,9 @@ class EpochStream:
     def __next__(self) -> Any:
         for _ in range(2):
             if self._iter is None:
-                sampler = getattr(self.loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(self.epoch)
+                for part in (getattr(self.loader, "sampler", None), getattr(self.loader, "dataset", None)):
+                    if hasattr(part, "set_epoch"):
+                        part.set_epoch(self.epoch)
                 self._iter = iter(self.loader)
                 for _ in range(self._replay):
                     next(self._iter)

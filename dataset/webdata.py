@@ -33,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from dataset.io import BadSample
 from dataset.robust import SKIPPABLE, SkipGuard
+from dataset.sampling import sample_seed, seeded_random
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "gif")
@@ -176,9 +177,15 @@ class ShardStream(IterableDataset):
                 self._handler(e)
 
     def __iter__(self) -> Iterator[dict]:
-        for rec, where in self._records():
+        worker = get_worker_info()
+        worker_id = worker.id if worker else 0
+        for n, (rec, where) in enumerate(self._records()):
+            # the n-th record of this worker's stream: the same draws when the epoch is re-read on resume
+            seed = sample_seed(self.seed, self.epoch, self.rank, worker_id, n)
             try:
-                sample = self.make_sample(rec)
+                with seeded_random(seed):
+                    sample = self.make_sample(rec)
+                sample["seed"] = seed
             except SKIPPABLE as e:
                 if not self.training:
                     raise BadSample(f"{where}: {e}") from e

@@ -7,6 +7,7 @@ to the model's resolution / patch size / frame count.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_model
-from timm.layers import resample_patch_embed, resize_rel_pos_bias_table
+from timm.layers import resample_abs_pos_embed, resample_patch_embed, resize_rel_pos_bias_table
 from torch import nn
 
 DERIVED_BUFFERS = ("relative_position_index", "position_ids", "k_bias")
@@ -141,6 +142,11 @@ def _fit_vision_tensor(key: str, value: torch.Tensor, target: torch.Tensor, enco
             return None
     if key.endswith("patch_embed.proj.weight") and value.shape[:2] == target.shape[:2]:
         return resample_patch_embed(value, list(target.shape[-2:]))
+    if key.endswith("pos_embed") and value.ndim == target.ndim == 3 and value.shape[2] == target.shape[2]:
+        grid = int(math.isqrt(target.shape[1] - 1))  # [CLS] + a square grid of patches
+        if grid * grid != target.shape[1] - 1 or math.isqrt(value.shape[1] - 1) ** 2 != value.shape[1] - 1:
+            return None
+        return resample_abs_pos_embed(value, new_size=[grid, grid], num_prefix_tokens=1)
     return None
 
 

@@ -9,7 +9,9 @@ from torch import nn
 
 
 class BEiT2VisionEncoder(Beit):
-    """BEiT-2 ViT as X²-VLM uses it: relative position bias per block, layer scale, no absolute positions.
+    """BEiT-2 ViT as X²-VLM uses it: relative position bias per block, layer scale, no absolute positions
+    (``abs_pos_emb=True`` adds timm's learned absolute position embedding, for small models trained from
+    scratch, where a two-block encoder cannot tell where a patch is from relative biases alone).
 
     The transformer's own [CLS] token is dropped after the last block; the patch tokens go through
     ``fc_norm`` and the concept's [CLS] is their mean. Output: ``(B, 1 + num_patches, width)``.
@@ -17,12 +19,13 @@ class BEiT2VisionEncoder(Beit):
     """
 
     def __init__(self, image_res: int = 224, patch_size: int = 16, width: int = 768, depth: int = 12,
-                 heads: int = 12, mlp_ratio: float = 4.0, init_values: float = 0.1, drop_path: float = 0.1):
+                 heads: int = 12, mlp_ratio: float = 4.0, init_values: float = 0.1, drop_path: float = 0.1,
+                 abs_pos_emb: bool = False):
         super().__init__(
             img_size=image_res, patch_size=patch_size, num_classes=0, global_pool="avg",
             embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=True,
             drop_path_rate=drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=init_values,
-            use_abs_pos_emb=False, use_rel_pos_bias=True, use_shared_rel_pos_bias=False, use_fc_norm=True,
+            use_abs_pos_emb=abs_pos_emb, use_rel_pos_bias=True, use_shared_rel_pos_bias=False, use_fc_norm=True,
         )
         self.width = width
         self.grid_size = self.patch_embed.grid_size[0]

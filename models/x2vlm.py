@@ -42,7 +42,7 @@ class X2VLM(nn.Module):
         self.vision_encoder = BEiT2VisionEncoder(
             image_res=model_cfg["image_res"], patch_size=model_cfg["patch_size"], width=v["width"],
             depth=v["depth"], heads=v["heads"], mlp_ratio=v["mlp_ratio"], init_values=v["init_values"],
-            drop_path=v["drop_path"])
+            drop_path=v["drop_path"], abs_pos_emb=v["abs_pos_emb"])
         self.text_encoder = build_text_encoder(model_cfg["text"], load_weights=load_text_weights)
         tc = self.text_encoder.config
         self.text_width = tc.hidden_size

@@ -90,10 +90,11 @@ def assert_state_equal(model: nn.Module, state: dict[str, torch.Tensor], keys=No
         assert torch.equal(own[k], state[k]), k
 
 
-def small_encoder(image_res: int = 32, heads: int = 4, depth: int = 2, seed: int = 0) -> BEiT2VisionEncoder:
+def small_encoder(image_res: int = 32, heads: int = 4, depth: int = 2, seed: int = 0,
+                  abs_pos_emb: bool = False) -> BEiT2VisionEncoder:
     torch.manual_seed(seed)
     return BEiT2VisionEncoder(image_res=image_res, patch_size=8, width=32, depth=depth, heads=heads,
-                              mlp_ratio=2.0, init_values=0.1, drop_path=0.0).eval()
+                              mlp_ratio=2.0, init_values=0.1, drop_path=0.0, abs_pos_emb=abs_pos_emb).eval()
 
 
 # ------------------------------------------------------------------------------ official layout
@@ -466,6 +467,25 @@ def test_unfittable_position_tables_are_reported_not_raised(tmp_path: Path) -> N
         table = "blocks.0.attn.relative_position_bias_table"
         assert report.mismatched == [f"{table}: checkpoint {shape} vs model (228, 4)"], name
         assert "blocks.0.attn.relative_position_bias_table" in report.missing
+
+
+@timm_resize_noise
+def test_absolute_position_embedding_resized(tmp_path: Path) -> None:
+    source = small_encoder(image_res=32, seed=0, abs_pos_emb=True)  # [CLS] + 4×4 positions
+    path = tmp_path / "abs_32px.pth"
+    torch.save(source.state_dict(), path)
+    target = small_encoder(image_res=64, seed=1, abs_pos_emb=True)  # [CLS] + 8×8
+    report = load_vision_weights(target, path)
+    assert report.ok, str(report)
+    assert "pos_embed: (1, 17, 32) -> (1, 65, 32)" in report.resized
+    assert torch.equal(target.pos_embed[0, 0], source.pos_embed[0, 0])  # [CLS] position kept as is
+    grid = source.pos_embed[0, 1:].reshape(4, 4, 32)
+    new = target.pos_embed[0, 1:].reshape(8, 8, 32)
+    # bicubic upsampling keeps the mean over the grid close and the layout (corner vs corner) in place
+    assert torch.allclose(new.mean((0, 1)), grid.mean((0, 1)), atol=0.05)
+    assert torch.nn.functional.cosine_similarity(new[0, 0], grid[0, 0], dim=0) > 0.8
+    plain = small_encoder(image_res=64, seed=2)  # a model without the embedding reports it unexpected
+    assert "pos_embed" in load_vision_weights(plain, path).unexpected
 
 
 # ---------------------------------------------------------------------------- temporal embedding

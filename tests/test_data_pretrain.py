@@ -55,38 +55,56 @@ def test_workers_and_model_forward(cfg):
     assert torch.isfinite(out["loss"]) and {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox"} <= set(out)
 
 
-def _draw(it, seed: int) -> dict:
-    import random
-    random.seed(seed)  # the region subset and the augmentations draw from the global generators
-    torch.manual_seed(seed)
-    return next(it)
-
-
-def test_data_position_resumes_exactly(cfg):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_data_position_resumes_exactly(cfg, workers):
     """5 + 4 batches straight == 5 batches, state_dict, a new loader from that state, 4 batches; the video
-    sources wrap into later epochs on the way (12 training images in batches of 4, 4 training videos in 2s)."""
+    sources wrap into later epochs on the way (12 training images in batches of 4, 4 training videos in 2s).
+    The global random generators are disturbed between draws, and with worker processes the resumed loader
+    starts new workers: the crops, masks and region subsets must not depend on either."""
+    import random
+    cfg = {**cfg, "data": {**cfg["data"], "num_workers": workers}}
     straight = create_pretrain_loader(cfg)
     it = iter(straight)
-    for i in range(5):
-        _draw(it, i)
+    for _ in range(5):
+        next(it)
     state = straight.state_dict()
     assert state["epochs"] == {"images": 1, "regions": 1, "videos": 2}
     assert state["consumed"] == {"images": 2, "regions": 1, "videos": 1}
-    expected = [_draw(it, 100 + i) for i in range(4)]
+    expected = [next(it) for _ in range(4)]
 
+    random.seed(12345)
+    torch.manual_seed(12345)
     resumed = create_pretrain_loader(cfg)
     resumed.load_state_dict(state)
     it = iter(resumed)
-    got = [_draw(it, 100 + i) for i in range(4)]
+    got = []
+    for i in range(4):
+        random.random()
+        torch.rand(i + 1)
+        got.append(next(it))
     for a, b in zip(expected, got, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), key
 
     fresh = iter(create_pretrain_loader(cfg))  # without the state the stream starts over: different texts
-    assert not torch.equal(_draw(fresh, 100)["text_ids"], expected[0]["text_ids"])
+    assert not torch.equal(next(fresh)["text_ids"], expected[0]["text_ids"])
     with pytest.raises(ValueError, match="data position is for sources"):
         create_pretrain_loader({**cfg, "data": {**cfg["data"], "train_file_videos": []}}).load_state_dict(state)
+
+
+def test_sample_draws_follow_seed_and_epoch(cfg):
+    """A sample's random choices are a function of (seed, epoch, index): repeatable, new each epoch."""
+    from dataset import create_dataset
+
+    ds = create_dataset("pretrain_regions", cfg)
+    first = ds[3]
+    again = ds[3]
+    assert torch.equal(first["image"], again["image"]) and first["rows"] == again["rows"]
+    ds.set_epoch(1)
+    later = ds[3]
+    assert not (torch.equal(first["image"], later["image"]) and first["rows"] == later["rows"])
+    assert first["seed"] != later["seed"]
 
 
 def test_ids_are_offset_per_rank(cfg):
