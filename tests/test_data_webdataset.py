@@ -70,3 +70,26 @@ def test_shard_specs(shards):
     folder = paths[0].rsplit("/", 1)[0]
     assert expand_shards(folder + "/it-{000..007}.tar") == paths == expand_shards([folder])
     assert json.loads(json.dumps(expand_shards(folder + "/it-00[0-1].tar"))) == paths[:2]
+
+
+def test_epoch_stream_reshuffles_shards_each_epoch_and_replays_exactly(shards):
+    """EpochStream sets the stream's epoch (a new shard order each epoch), and a stream resumed part-way
+    through an epoch re-reads to the same place: same keys and same per-record seeds."""
+    from dataset.sampling import EpochStream
+
+    _, paths = shards
+
+    def loader():
+        stream = ShardStream(paths, make_sample=lambda r: {"__key__": r["__key__"]}, seed=0, shuffle=True)
+        return DataLoader(stream, batch_size=4, num_workers=0, collate_fn=lambda b: b)
+
+    straight = EpochStream(loader())
+    epochs = [[s["__key__"] for _ in range(6) for s in next(straight)] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+    first = EpochStream(loader())
+    for _ in range(8):  # into the second epoch
+        next(first)
+    resumed = EpochStream(loader())
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict() == {"epoch": 1, "consumed": 2}
+    assert next(resumed) == next(first)  # keys and seeds
