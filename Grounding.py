@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                   {"text": "text"})
         loader = create_loader(train_ds, cfg["data"]["finetune"]["batch_size_train"], collate,
                                cfg["data"]["num_workers"], True, ctx.dist.rank, ctx.dist.world_size, cfg["seed"])
-        finetune(ctx, model, loader)
+        finetune(ctx, model, loader, evaluate=lambda: evaluate(ctx, model))
         save_final_weights(ctx, model)
     model.to(ctx.dist.device)
     results = evaluate(ctx, model)

@@ -17,20 +17,10 @@ from models.nlvr import X2VLMForNLVR, nlvr_metrics, predict
 from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = task_parser(__doc__, "configs/finetune/nlvr2.yaml").parse_args(argv)
-    ctx = setup_task(args)
+def evaluate(ctx, model: X2VLMForNLVR, collate) -> dict[str, float]:
+    """Accuracy on every non-empty ``data.finetune.{val,test}_file`` (each rank predicts a share)."""
     cfg, ft = ctx.cfg, ctx.cfg["data"]["finetune"]
     rank, world = ctx.dist.rank, ctx.dist.world_size
-    collate = TokenizeCollate(collate_dict, ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
-    model = X2VLMForNLVR.from_config(cfg)
-    if not args.evaluate:
-        train_set = create_dataset("nlvr2", cfg, "train", ctx.tokenizer, rank, world)
-        loader = create_loader(train_set, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
-                               rank, world, cfg["seed"])
-        finetune(ctx, model, loader)
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
     results: dict = {}
     for split in ("val", "test"):
         if not ft[f"{split}_file"]:
@@ -43,6 +33,24 @@ def main(argv: list[str] | None = None) -> dict:
         records = sorted(gather_unique(records, "index"), key=lambda r: r["index"])
         for key, value in nlvr_metrics([r["pred"] for r in records], [r["label"] for r in records]).items():
             results[f"{split}_{key}"] = value
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = task_parser(__doc__, "configs/finetune/nlvr2.yaml").parse_args(argv)
+    ctx = setup_task(args)
+    cfg, ft = ctx.cfg, ctx.cfg["data"]["finetune"]
+    rank, world = ctx.dist.rank, ctx.dist.world_size
+    collate = TokenizeCollate(collate_dict, ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
+    model = X2VLMForNLVR.from_config(cfg)
+    if not args.evaluate:
+        train_set = create_dataset("nlvr2", cfg, "train", ctx.tokenizer, rank, world)
+        loader = create_loader(train_set, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
+                               rank, world, cfg["seed"])
+        finetune(ctx, model, loader, evaluate=lambda: evaluate(ctx, model, collate))
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+    results = evaluate(ctx, model, collate)
     write_results(ctx, "nlvr", results)
     return results
 

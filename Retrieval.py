@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         collate = TokenizeCollate(collate_for(task), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
         loader = create_loader(train_ds, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
                                ctx.dist.rank, ctx.dist.world_size, cfg["seed"])
-        finetune(ctx, model, loader)
+        finetune(ctx, model, loader, evaluate=lambda: evaluate(ctx, model, task))
         save_final_weights(ctx, model)
     model.to(ctx.dist.device)
     results = evaluate(ctx, model, task)

@@ -133,3 +133,23 @@ def test_recipe_configs_carry_official_numbers(name, k_test):
     assert (cfg["train"]["epochs"], cfg["scheduler"]["name"], cfg["scheduler"]["warmup"]) == (10, "linear", 0.1)
     assert cfg["loss"]["itc"] and cfg["loss"]["itm"]
     assert cfg["data"]["finetune"]["test_file"][0].endswith("retrieval_test.json")
+
+
+def test_epoch_evaluation_keeps_the_best_epoch(syn, tmp_path):
+    """train.eval_every_epoch evaluates at each epoch end; with train.best_metric the best epoch's weights are
+    saved, restored after training, and the final evaluation reproduces that epoch's numbers."""
+    import Retrieval
+    out = tmp_path / "epochs"
+    results = Retrieval.main(demo_args(syn, out, "--override", "train.epochs=3", "--override", "train.steps=0",
+                                       "--override", "data.finetune.batch_size_train=32",
+                                       "--override", "train.eval_every_epoch=true",
+                                       "--override", "train.best_metric=test/itc_r_mean",
+                                       "--override", "eval.itm_rerank=false"))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r.get("event") == "epoch_eval"]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    best = json.loads((out / "best.json").read_text())
+    values = [r["test/itc_r_mean"] for r in evals]
+    assert best["value"] == max(values) and best["epoch"] == 1 + values.index(max(values))
+    assert (out / "best" / "model.safetensors").exists()
+    assert results["test/itc_r_mean"] == pytest.approx(best["value"], abs=1e-4)

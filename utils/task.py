@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,19 +78,75 @@ def steps_for_epochs(cfg: dict, batches_per_epoch: int) -> int:
     return max(1, math.ceil(epochs * batches_per_epoch / cfg["train"]["grad_accum"]))
 
 
-def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader) -> Trainer:
+def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader,
+             evaluate: Callable[[], dict[str, float]] | None = None) -> Trainer:
     """Train ``model`` (its forward returns ``{"loss": ..., ...}``) on ``train_loader`` with the shared trainer.
 
     Parameters no checkpoint reached (``model.fresh_parameters``) get ``optimizer.lr_mult``; the data
-    position is checkpointed, so ``--resume`` continues at the exact batch. Returns the trainer.
+    position is checkpointed, so ``--resume`` continues at the exact batch. With ``train.eval_every_epoch``
+    and an ``evaluate`` callable, training stops at every epoch end (a step checkpoint is written there),
+    ``evaluate()`` runs on every rank and its metrics are logged; with ``train.best_metric`` the best epoch's
+    weights go to ``output_dir/best/model.safetensors`` (its record to ``best.json``) and are loaded back into
+    ``model`` when training ends, as the official recipes report the best epoch. Returns the trainer.
     """
-    ctx.cfg["train"]["steps"] = steps_for_epochs(ctx.cfg, len(train_loader))
+    train_cfg = ctx.cfg["train"]
+    train_cfg["steps"] = steps_for_epochs(ctx.cfg, len(train_loader))
     trainer = Trainer(ctx.cfg, model, ctx.dist, fresh_params=getattr(model, "fresh_parameters", None))
     stream = EpochStream(train_loader, "train")
     trainer.track_data(stream)
     trainer.resume(ctx.args.resume)
-    trainer.fit(lambda start: stream)
+    if evaluate is None or not train_cfg.get("eval_every_epoch"):
+        trainer.fit(lambda start: stream)
+        return trainer
+    per_epoch = max(1, math.ceil(len(train_loader) / train_cfg["grad_accum"]))
+    tracker = BestTracker(ctx, train_cfg.get("best_metric"), train_cfg.get("best_mode", "max"))
+    while trainer.step < train_cfg["steps"]:
+        stop = min(train_cfg["steps"], (trainer.step // per_epoch + 1) * per_epoch)
+        trainer.fit(lambda start: stream, stop_after=stop)
+        metrics = evaluate()
+        epoch = math.ceil(trainer.step / per_epoch)
+        trainer.log({"event": "epoch_eval", "epoch": epoch, "step": trainer.step, **metrics})
+        tracker.update(model, epoch, trainer.step, metrics)
+    tracker.restore_best(model)
     return trainer
+
+
+class BestTracker:
+    """Keeps the weights of the epoch with the best ``metric`` (``mode`` max or min) under ``output_dir/best``."""
+
+    def __init__(self, ctx: TaskContext, metric: str | None, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"train.best_mode must be 'max' or 'min', got {mode!r}")
+        self.ctx, self.metric, self.sign = ctx, metric, 1.0 if mode == "max" else -1.0
+        self.record_path = ctx.output_dir / "best.json"
+        self.best = json.loads(self.record_path.read_text()) if metric and self.record_path.exists() else None
+
+    def update(self, model: nn.Module, epoch: int, step: int, metrics: dict[str, float]) -> bool:
+        """Save ``model`` if ``metrics[metric]`` beats the best so far; True if it did."""
+        if not self.metric:
+            return False
+        if self.metric not in metrics:
+            raise KeyError(f"train.best_metric '{self.metric}' is not among the evaluation's metrics: "
+                           f"{', '.join(sorted(metrics))}")
+        value = float(metrics[self.metric])
+        if self.best is not None and self.sign * value <= self.sign * float(self.best["value"]):
+            return False
+        self.best = {"metric": self.metric, "value": value, "epoch": epoch, "step": step, "metrics": metrics}
+        if self.ctx.dist.is_main:
+            save_checkpoint_weights(model, self.ctx.output_dir / "best")
+            write_json_atomic(self.record_path, self.best)
+        return True
+
+    def restore_best(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (every rank reads rank 0's file)."""
+        if not self.metric or self.best is None:
+            return
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        from models.checkpoint import load_model_checkpoint
+        load_model_checkpoint(model, self.ctx.output_dir / "best" / "model.safetensors", strict=True)
+        if self.ctx.dist.is_main:
+            print(f"best epoch {self.best['epoch']} ({self.metric} = {self.best['value']:.4f}) loaded")
 
 
 def save_final_weights(ctx: TaskContext, model: nn.Module) -> Path | None:

@@ -147,6 +147,10 @@ class Trainer:
         return save_train_state(self.output_dir, self.step, state, self.train_cfg["keep_last"])
 
     # ------------------------------------------------------------------ logging
+    def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the JSON-lines log (rank 0); records with a ``loss`` also go to TensorBoard."""
+        self._log(record)
+
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
