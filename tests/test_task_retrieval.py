@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "finetune" / "retrieval_demo.yaml"
-STEPS = 80
+STEPS = 150  # 80 steps left ITC R@1 between 0 and 25 over seeds (chance 8.3); 150 gave 41.7-58.3 image->text
 
 
 @pytest.fixture(scope="module")
