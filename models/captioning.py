@@ -174,6 +174,7 @@ class X2VLMForCaptioning(X2VLM):
         self._cls_id: int | None = None
         self._sep_id: int | None = None
         self._mask_id: int | None = None
+        self._n_tokens: int | None = None  # ids at or past the tokenizer's length are never generated
         emb = self.text_encoder.embeddings
         # RoBERTa-style position ids start after the padding index
         self._pos_offset = emb.padding_idx + 1 if "roberta" in type(emb).__name__.lower() else 0
@@ -205,9 +206,11 @@ class X2VLMForCaptioning(X2VLM):
 
     def set_special_tokens(self, tokenizer) -> None:
         """Ids the model needs: ``[CLS]`` (no smoothing mass; the official ``ignore_index``), ``[SEP]`` (end of
-        caption) and ``[MASK]``."""
+        caption) and ``[MASK]``; ids the tokenizer does not have (a vocabulary table larger than the tokenizer)
+        are never generated."""
         self._cls_id, self._sep_id, self._mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, \
             tokenizer.mask_token_id
+        self._n_tokens = len(tokenizer)
 
     def _check_special_tokens(self) -> None:
         if self._cls_id is None or self._sep_id is None or self._mask_id is None:
@@ -220,7 +223,10 @@ class X2VLMForCaptioning(X2VLM):
         atts = torch.ones_like(ids)
         pos = torch.arange(length + 1, device=ids.device)[None].expand(n, -1)
         states = self.caption_states(ids, pos, caption_attention(atts), image_embeds)
-        return F.log_softmax(self.mlm_head(states[:, -1]).float(), dim=-1)
+        logits = self.mlm_head(states[:, -1]).float()
+        if self._n_tokens is not None and self._n_tokens < logits.shape[-1]:
+            logits[:, self._n_tokens:] = -math.inf
+        return F.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompt_ids: list[int], num_beams: int = 3, max_length: int = 50,
