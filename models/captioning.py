@@ -16,7 +16,8 @@ token's distribution. Beam search as the official one: each live beam proposes i
 best ``K`` of those ``K × K`` continue, hypotheses ending in ``[SEP]`` leave the beam, ``[SEP]`` is blocked
 for the first ``min_length`` tokens, repeated 3-grams are blocked, and the final caption is the hypothesis
 with the highest summed log-probability (divided by ``((5 + n) / 6) ** length_penalty`` when that is > 0).
-``num_beams=1`` is greedy decoding.
+``num_beams=1`` is greedy decoding. Ids at or past the tokenizer's length (a vocabulary table larger than the
+tokenizer, as in the tiny preset) are never generated.
 
 Training batch (from :class:`CaptionMLMCollate`): ``image`` ``(B, 3, H, W)``; ``text_ids``, ``text_atts``
 (padding), ``position_ids``, ``mask_slots`` (True at inserted ``[MASK]`` tokens) ``(B, L)``;
@@ -223,10 +224,7 @@ class X2VLMForCaptioning(X2VLM):
         atts = torch.ones_like(ids)
         pos = torch.arange(length + 1, device=ids.device)[None].expand(n, -1)
         states = self.caption_states(ids, pos, caption_attention(atts), image_embeds)
-        logits = self.mlm_head(states[:, -1]).float()
-        if self._n_tokens is not None and self._n_tokens < logits.shape[-1]:
-            logits[:, self._n_tokens:] = -math.inf
-        return F.log_softmax(logits, dim=-1)
+        return F.log_softmax(self.mlm_head(states[:, -1]).float(), dim=-1)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompt_ids: list[int], num_beams: int = 3, max_length: int = 50,
@@ -246,6 +244,8 @@ class X2VLMForCaptioning(X2VLM):
         for step in range(max_length):
             steps_run = step + 1
             logp = self.next_token_logprobs(image_embeds, torch.cat([prefix, gen], dim=1))
+            if self._n_tokens is not None and self._n_tokens < logp.shape[-1]:
+                logp[:, self._n_tokens:] = -math.inf
             if step < min_length:
                 logp[:, self._sep_id] = -math.inf
             if no_repeat_ngram > 0 and gen.shape[1] + 1 >= no_repeat_ngram:
