@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("refs", help="refs(unc).p (a pickle: only use your own copy)")
     s.add_argument("instances", help="instances.json of the same REFER dataset")
     s.add_argument("out", type=Path, help="output folder")
-    s.add_argument("--image-dir", default="train2014", help="COCO image folder prefix of the paths (default: train2014)")
+    s.add_argument("--image-dir", default="train2014", help="COCO image folder prefix (default: train2014)")
     s.add_argument("--text-field", default="sent", help="sentence field: sent (cleaned) or raw")
     s = sub.add_parser("vqa", help="VQA v2 questions + annotations → vqa_{split}.json + answer_list.json",
                        description="VQA v2 → vqa_<split>.json rows {question_id, image, question, answer: [10 "
