@@ -248,8 +248,9 @@ def resolve_source(source: str | os.PathLike | None, config: str | os.PathLike |
     """``(weights file or None, config file)`` for a model source:
 
     * a folder we wrote (``model.safetensors`` + ``config.yaml``; ``config`` may replace the latter);
-    * a checkpoint file (official ``.th``, ``.pth``, ``.pt``, ``.safetensors``) — ``config`` is required unless a
-      ``config.yaml`` lies beside it;
+    * a checkpoint file (official ``.th``, ``.pth``, ``.pt``, ``.safetensors``; a step checkpoint
+      ``output_dir/checkpoints/step_*.pt``) — ``config`` is required unless the run's ``config.yaml`` lies beside
+      it (or in ``output_dir`` for a step checkpoint);
     * ``None`` — a bare config (weights as the config says: random, or ``model.checkpoint``)."""
     if source is None:
         if config is None:
@@ -265,11 +266,12 @@ def resolve_source(source: str | os.PathLike | None, config: str | os.PathLike |
         cfg_path = Path(config) if config else src / RESOLVED_NAME
     elif src.is_file():
         weights = src
-        beside = src.parent / RESOLVED_NAME
+        # the run's config: beside the file, or one folder up for a step checkpoint (output_dir/checkpoints/)
+        beside = [src.parent / RESOLVED_NAME, src.parent.parent / RESOLVED_NAME]
         if config:
             cfg_path = Path(config)
-        elif beside.is_file():
-            cfg_path = beside
+        elif beside[0].is_file() or (src.parent.name == "checkpoints" and beside[1].is_file()):
+            cfg_path = beside[0] if beside[0].is_file() else beside[1]
         else:
             raise ConfigError(f"{src} is a bare checkpoint: pass the config that matches it, e.g. "
                               f"config='configs/models/x2vlm_base.yaml' (see the README's checkpoint table)")

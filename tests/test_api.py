@@ -132,6 +132,10 @@ def test_load_from_output_folder_and_checkpoint_files(vlm, syn, images, tmp_path
     again = load_model(out)  # model.safetensors + config.yaml; the VQA decoder found in the weights
     assert type(again.model).__name__ == "X2VLMForVQA" and again.load_report.ok
     torch.testing.assert_close(again.similarity(images, TEXTS), expected)
+    # a step checkpoint of a training run finds the run's config one folder up
+    (out / "checkpoints").mkdir()
+    torch.save({"model": vlm.model.state_dict(), "step": 7}, out / "checkpoints" / "step_7.pt")
+    torch.testing.assert_close(load_model(out / "checkpoints" / "step_7.pt").similarity(images, TEXTS), expected)
     # an official-style .th ({'model': state_dict}) with the config named explicitly
     th = tmp_path / "weights.th"
     torch.save({"model": vlm.model.state_dict()}, th)
