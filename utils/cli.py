@@ -22,8 +22,12 @@ def _hint(error: BaseException) -> str:
     if isinstance(error, ConfigError):
         if "unknown config key" in text:
             return "fix the key (every key, its default and meaning: docs/configuration.md)"
-        if "not found" in text:
+        if "config file" in text and "not found" in text:
             return "check the --config path (configs/ holds the shipped ones)"
+        if "tokenizer" in text:
+            return "point it to a local tokenizer folder or vocab.txt (README: official checkpoints)"
+        if "pretraining data" in text:
+            return "docs/data_preparation.md says how to prepare data"
         return "fix the config file or --override (docs/configuration.md)"
     if "annotation file" in text or "webdataset shards" in text:
         return "check the data.* paths in the config (docs/data_preparation.md)"
