@@ -54,7 +54,9 @@ def launch_command(args: argparse.Namespace, script_args: list[str]) -> list[str
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="The task scripts' own options: python <script> --help ("
+                                       + ", ".join(f"{t}: {s}" for t, s in sorted(TASKS.items())) + ").")
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="which task script to run")
     p.add_argument("--dist", default="1", help="processes on this node: N, 'all' (every GPU) or 'cpu' (one, on CPU)")
     p.add_argument("--nnodes", type=int, default=int(os.environ.get("NNODES", "1")),

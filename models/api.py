@@ -254,8 +254,8 @@ def resolve_source(source: str | os.PathLike | None, config: str | os.PathLike |
     * ``None`` — a bare config (weights as the config says: random, or ``model.checkpoint``)."""
     if source is None:
         if config is None:
-            raise ConfigError("load_model: give a checkpoint, an output folder or a config "
-                              "(e.g. config='configs/models/tiny.yaml')")
+            raise ConfigError("no model given: pass a checkpoint, an output folder or a config "
+                              "(e.g. configs/models/tiny.yaml)")
         return None, Path(config)
     src = Path(source)
     if src.is_dir():
@@ -273,8 +273,9 @@ def resolve_source(source: str | os.PathLike | None, config: str | os.PathLike |
         elif beside[0].is_file() or (src.parent.name == "checkpoints" and beside[1].is_file()):
             cfg_path = beside[0] if beside[0].is_file() else beside[1]
         else:
-            raise ConfigError(f"{src} is a bare checkpoint: pass the config that matches it, e.g. "
-                              f"config='configs/models/x2vlm_base.yaml' (see the README's checkpoint table)")
+            raise ConfigError(f"{src} has no config.yaml beside it: pass the config that matches it (--config, or "
+                              f"config= in load_model), e.g. configs/models/x2vlm_base.yaml (README: official "
+                              f"checkpoints)")
     else:
         raise CheckpointError(f"checkpoint not found: {src}")
     if not cfg_path.is_file():

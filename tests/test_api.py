@@ -154,6 +154,8 @@ def test_load_errors_name_the_file(syn, tmp_path: Path) -> None:
         load_model(th, config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.th", config=TINY_CONFIG)
+    with pytest.raises(ConfigError, match="no model given"):
+        load_model()
     with pytest.raises(ConfigError, match="config file not found"):
         load_model(config=tmp_path / "nope.yaml")
     vlm = load_model(config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
