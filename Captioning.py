@@ -24,6 +24,7 @@ from dataset import create_dataset, create_loader
 from dataset.tasks import collate_dict
 from models.captioning import CaptionMLMCollate, X2VLMForCaptioning, prompt_token_ids
 from utils.caption_metrics import JAVA_METRICS, caption_scores, java_available, parse_metrics
+from utils.evaluation import progress_bar
 from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
 from utils.train_state import write_json_atomic
 
@@ -38,7 +39,7 @@ def generate_captions(model: X2VLMForCaptioning, loader, tokenizer, prompt_ids: 
     model.eval()
     dtype = next(model.parameters()).dtype
     out = []
-    for batch in loader:
+    for batch in progress_bar(loader, "captions"):
         ids = model.generate(batch["image"].to(device, dtype), prompt_ids, num_beams=settings["num_beams"],
                              max_length=settings["max_length"], min_length=settings["min_length"],
                              length_penalty=settings["length_penalty"], no_repeat_ngram=settings["no_repeat_ngram"])
@@ -112,4 +113,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

@@ -66,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

@@ -18,6 +18,7 @@ from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from models.vqa import X2VLMForVQA
 from utils.dist import cleanup
+from utils.evaluation import progress_bar
 from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
 from utils.train_state import write_json_atomic
 from utils.vqa_metrics import best_constant_accuracy, vqa_accuracy
@@ -37,7 +38,7 @@ def predict(model: X2VLMForVQA, loader, tokenizer, answer_list: list[str], k: in
     answers = tokenizer(list(answer_list), padding="longest", return_tensors="pt")
     a_ids, a_atts = answers["input_ids"].to(device), answers["attention_mask"].to(device)
     results = []
-    for batch in loader:
+    for batch in progress_bar(loader, "answers"):
         images = batch["image"].to(device, dtype=next(model.parameters()).dtype)
         ids, _ = model.answer(images, batch["text_ids"].to(device), batch["text_atts"].to(device), a_ids, a_atts, k)
         qids = batch["question_id"]
@@ -93,4 +94,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

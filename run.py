@@ -54,13 +54,18 @@ def launch_command(args: argparse.Namespace, script_args: list[str]) -> list[str
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="The task scripts' own options: python <script> --help ("
+                                       + ", ".join(f"{t}: {s}" for t, s in sorted(TASKS.items())) + ").")
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="which task script to run")
     p.add_argument("--dist", default="1", help="processes on this node: N, 'all' (every GPU) or 'cpu' (one, on CPU)")
-    p.add_argument("--nnodes", type=int, default=int(os.environ.get("NNODES", "1")))
-    p.add_argument("--node_rank", type=int, default=int(os.environ.get("NODE_RANK", "0")))
-    p.add_argument("--master_addr", default=None)
-    p.add_argument("--master_port", type=int, default=int(os.environ.get("MASTER_PORT", "29500")))
+    p.add_argument("--nnodes", type=int, default=int(os.environ.get("NNODES", "1")),
+                   help="nodes in the job (default: $NNODES or 1); run the same command on every node")
+    p.add_argument("--node_rank", type=int, default=int(os.environ.get("NODE_RANK", "0")),
+                   help="this node's index, 0 .. nnodes-1 (default: $NODE_RANK or 0)")
+    p.add_argument("--master_addr", default=None, help="address of node 0 (several nodes; default: $MASTER_ADDR)")
+    p.add_argument("--master_port", type=int, default=int(os.environ.get("MASTER_PORT", "29500")),
+                   help="port on node 0 (default: $MASTER_PORT or 29500)")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     args, script_args = p.parse_known_args()
     cmd = launch_command(args, script_args)

@@ -18,10 +18,10 @@ from utils.config import load_config  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--image-res", type=int, default=64)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per source")
+    p.add_argument("--steps", type=int, default=20, help="batches timed per source")
+    p.add_argument("--image-res", type=int, default=64, help="model.image_res (output image size)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         f = generate(tmp, seed=0, n_images=256, n_videos=32)
@@ -47,4 +47,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

@@ -276,7 +276,8 @@ def main() -> None:
     p.add_argument("--compile", default="off,on", help="comma list of off, on (torch.compile the model)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune, ...)")
     p.add_argument("--no-baseline", action="store_true", help="do not add the fp32 / compile-off reference run")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     p.add_argument("--no-tf32", dest="tf32", action="store_false",
                    help="CUDA: fp32 matmuls in full fp32 (default: TF32 allowed, as most fp32 training runs)")
@@ -325,4 +326,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

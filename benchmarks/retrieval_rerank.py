@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--preset", default="tiny", help="configs/models/<preset>.yaml")
     p.add_argument("--image-res", type=int, default=0, help="override the preset's resolution (384: COCO fine-tune)")
     p.add_argument("--images", type=int, default=5000, help="images in the test set (COCO 5k)")
-    p.add_argument("--texts-per-image", type=int, default=5)
+    p.add_argument("--texts-per-image", type=int, default=5, help="captions per image (COCO: 5)")
     p.add_argument("--k", type=int, default=80, help="candidates re-ranked per query (paper: 80 COCO, 32 Flickr)")
     p.add_argument("--text-len", type=int, default=40, help="tokens per caption")
     p.add_argument("--itm-batch", type=int, default=1024, help="pairs per ITM pass")
@@ -69,8 +69,10 @@ def main() -> None:
                    help="queries per direction for the shared_kv run (0: all, the full evaluation)")
     p.add_argument("--sample-queries", type=int, default=64, help="queries per direction for the repeated run")
     p.add_argument("--per-pair", type=int, default=64, help="pairs timed one by one (0: skip)")
-    p.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32", choices=list(DTYPES))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32", choices=list(DTYPES),
+                   help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", help="append the result row (JSON line) to this file")
     args = p.parse_args()
 
@@ -163,4 +165,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

@@ -170,7 +170,8 @@ def create_pretrain_loader(cfg: dict, rank: int | None = None, world_size: int |
             loaders[task.removeprefix("pretrain_")] = create_loader(
                 ds, bs, collate_for(task, cfg), d["num_workers"], True, rank, world_size, cfg["seed"])
     if not loaders:
-        raise ValueError("no pretraining data: set data.train_file, data.train_file_regions or data.train_file_videos")
+        from utils.config import ConfigError
+        raise ConfigError("no pretraining data: set data.train_file, data.train_file_regions or data.train_file_videos")
     # ITC ids are per-batch identities: offset them per rank so gathered ids never collide across ranks
     return MixedLoader(loaders, steps, id_offset=rank << 32)
 

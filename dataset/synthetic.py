@@ -275,11 +275,11 @@ def scene_questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=48)
-    p.add_argument("--videos", type=int, default=12)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", help="folder to write (e.g. data/synthetic, which the demo configs read)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--images", type=int, default=48, help="scenes to draw (a quarter are held out as test)")
+    p.add_argument("--videos", type=int, default=12, help="videos of one moving shape")
     args = p.parse_args()
     files = generate(args.out_dir, args.seed, args.images, args.videos)
     print(json.dumps(files, indent=1))

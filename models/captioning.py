@@ -16,7 +16,8 @@ token's distribution. Beam search as the official one: each live beam proposes i
 best ``K`` of those ``K × K`` continue, hypotheses ending in ``[SEP]`` leave the beam, ``[SEP]`` is blocked
 for the first ``min_length`` tokens, repeated 3-grams are blocked, and the final caption is the hypothesis
 with the highest summed log-probability (divided by ``((5 + n) / 6) ** length_penalty`` when that is > 0).
-``num_beams=1`` is greedy decoding.
+``num_beams=1`` is greedy decoding. Ids at or past the tokenizer's length (a vocabulary table larger than the
+tokenizer, as in the tiny preset) are never generated.
 
 Training batch (from :class:`CaptionMLMCollate`): ``image`` ``(B, 3, H, W)``; ``text_ids``, ``text_atts``
 (padding), ``position_ids``, ``mask_slots`` (True at inserted ``[MASK]`` tokens) ``(B, L)``;
@@ -174,6 +175,7 @@ class X2VLMForCaptioning(X2VLM):
         self._cls_id: int | None = None
         self._sep_id: int | None = None
         self._mask_id: int | None = None
+        self._n_tokens: int | None = None  # ids at or past the tokenizer's length are never generated
         emb = self.text_encoder.embeddings
         # RoBERTa-style position ids start after the padding index
         self._pos_offset = emb.padding_idx + 1 if "roberta" in type(emb).__name__.lower() else 0
@@ -205,9 +207,11 @@ class X2VLMForCaptioning(X2VLM):
 
     def set_special_tokens(self, tokenizer) -> None:
         """Ids the model needs: ``[CLS]`` (no smoothing mass; the official ``ignore_index``), ``[SEP]`` (end of
-        caption) and ``[MASK]``."""
+        caption) and ``[MASK]``; ids the tokenizer does not have (a vocabulary table larger than the tokenizer)
+        are never generated."""
         self._cls_id, self._sep_id, self._mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, \
             tokenizer.mask_token_id
+        self._n_tokens = len(tokenizer)
 
     def _check_special_tokens(self) -> None:
         if self._cls_id is None or self._sep_id is None or self._mask_id is None:
@@ -240,6 +244,8 @@ class X2VLMForCaptioning(X2VLM):
         for step in range(max_length):
             steps_run = step + 1
             logp = self.next_token_logprobs(image_embeds, torch.cat([prefix, gen], dim=1))
+            if self._n_tokens is not None and self._n_tokens < logp.shape[-1]:
+                logp[:, self._n_tokens:] = -math.inf
             if step < min_length:
                 logp[:, self._sep_id] = -math.inf
             if no_repeat_ngram > 0 and gen.shape[1] + 1 >= no_repeat_ngram:

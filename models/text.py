@@ -38,7 +38,8 @@ def build_tokenizer(text_cfg: dict):
     """Tokenizer from ``tokenizer`` (a folder or a WordPiece ``vocab.txt``) or else ``name_or_path``."""
     source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
     if not source:
-        raise ValueError("no tokenizer: set model.text.tokenizer (folder or vocab.txt) or model.text.name_or_path")
+        from utils.config import ConfigError  # a ValueError
+        raise ConfigError("no tokenizer: set model.text.tokenizer (folder or vocab.txt) or model.text.name_or_path")
     source = Path(source)
     if source.is_file():
         # transformers 5 takes the vocab file as ``vocab`` and silently ignores ``vocab_file`` (4.x's name)

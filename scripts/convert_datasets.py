@@ -319,48 +319,67 @@ def _first_char(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("coco-karpathy")
-    s.add_argument("src")
-    s.add_argument("out", type=Path)
-    s = sub.add_parser("vg")
-    s.add_argument("objects")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Folder layouts and download locations: docs/data_preparation.md. "
+                                       "Each subcommand has its own --help.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+    s = sub.add_parser("coco-karpathy", help="Karpathy-split COCO / Flickr30k → retrieval_{train,val,test}.json",
+                       description="dataset_coco.json / dataset_flickr30k.json (Karpathy splits) → "
+                                   "retrieval_train.json (one row per caption) and retrieval_{val,test}.json "
+                                   "(one row per image, all captions); Captioning.py reads the same files.")
+    s.add_argument("src", help="dataset_coco.json or dataset_flickr30k.json")
+    s.add_argument("out", type=Path, help="output folder")
+    s = sub.add_parser("vg", help="Visual Genome objects (+ attributes, region descriptions) → regions .jsonl",
+                       description="Visual Genome → region-text pretraining records "
+                                   "{image, elems: [{bb, caption, attributes}]} (one JSON line per image).")
+    s.add_argument("objects", help="objects.json")
     s.add_argument("out", type=Path, help="output .jsonl")
-    s.add_argument("--image-data", required=True)
-    s.add_argument("--attributes")
-    s.add_argument("--regions")
+    s.add_argument("--image-data", required=True, help="image_data.json (image sizes and VG_100K / VG_100K_2 folder)")
+    s.add_argument("--attributes", help="attributes.json (object attributes become part of the region text)")
+    s.add_argument("--regions", help="region_descriptions.json (adds the described regions)")
     s.add_argument("--image-dir", default=None, help="image folder (default: from the URLs in image_data.json)")
-    s = sub.add_parser("vg-qa")
+    s = sub.add_parser("vg-qa", help="Visual Genome question_answers.json → vg_qa.json (extra VQA training data)",
+                       description="Visual Genome QA → VQA training rows {question_id, image, question, answer, "
+                                   "dataset: vg}.")
     s.add_argument("qa", help="question_answers.json")
-    s.add_argument("out", type=Path)
+    s.add_argument("out", type=Path, help="output JSON file")
     s.add_argument("--image-data", help="image_data.json (puts each image in its VG_100K / VG_100K_2 folder)")
     s.add_argument("--image-dir", default=None, help="image folder for every image (default: VG_100K)")
     s.add_argument("--answer-list", help="keep only questions whose answer is in this JSON list")
     s.add_argument("--raw-answers", action="store_true", help="keep answers as written (no normalisation)")
-    s = sub.add_parser("refcoco")
+    s = sub.add_parser("refcoco", help="REFER refs(unc).p + instances.json → grounding_{split}.json",
+                       description="RefCOCO / RefCOCO+ / RefCOCOg (REFER toolkit files) → grounding_{train,val,"
+                                   "testA,testB}.json, one row per sentence {image, text, ref_id, bbox: [x, y, w, h]}.")
     s.add_argument("refs", help="refs(unc).p (a pickle: only use your own copy)")
-    s.add_argument("instances")
-    s.add_argument("out", type=Path)
-    s.add_argument("--image-dir", default="train2014")
+    s.add_argument("instances", help="instances.json of the same REFER dataset")
+    s.add_argument("out", type=Path, help="output folder")
+    s.add_argument("--image-dir", default="train2014", help="COCO image folder prefix (default: train2014)")
     s.add_argument("--text-field", default="sent", help="sentence field: sent (cleaned) or raw")
-    s = sub.add_parser("vqa")
-    s.add_argument("--questions", nargs="+", required=True)
-    s.add_argument("--annotations", nargs="*", default=[])
-    s.add_argument("--image-dirs", nargs="+", required=True)
-    s.add_argument("--answers", type=int, default=3128)
-    s.add_argument("out", type=Path)
-    s = sub.add_parser("nlvr2")
-    s.add_argument("files", nargs="+")
-    s.add_argument("--out", type=Path, required=True)
-    s = sub.add_parser("msrvtt")
+    s = sub.add_parser("vqa", help="VQA v2 questions + annotations → vqa_{split}.json + answer_list.json",
+                       description="VQA v2 → vqa_<split>.json rows {question_id, image, question, answer: [10 "
+                                   "annotator answers]} and answer_list.json (the most frequent training answers).")
+    s.add_argument("--questions", nargs="+", required=True,
+                   help="v2_OpenEnded_mscoco_<split>_questions.json files, one per split")
+    s.add_argument("--annotations", nargs="*", default=[],
+                   help="v2_mscoco_<split>_annotations.json, in the order of --questions (none for test splits)")
+    s.add_argument("--image-dirs", nargs="+", required=True,
+                   help="image folder prefix per --questions file (train2014, val2014, test2015)")
+    s.add_argument("--answers", type=int, default=3128, help="size of answer_list.json (default: 3128, official)")
+    s.add_argument("out", type=Path, help="output folder")
+    s = sub.add_parser("nlvr2", help="NLVR2 {train,dev,test1}.json → nlvr_{split}.json",
+                       description="NLVR2 JSON-lines files → nlvr_<split>.json rows {images: [left, right], "
+                                   "sentence, label}.")
+    s.add_argument("files", nargs="+", help="train.json, dev.json, test1.json (JSON-lines)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s = sub.add_parser("msrvtt", help="MSR-VTT → video_retrieval_{train,test}.json (+ video QA)",
+                       description="MSR-VTT annotation files → video retrieval splits; --qa files → video QA.")
     s.add_argument("info", nargs="+", help="videodatainfo / MSRVTT_data.json files (merged)")
-    s.add_argument("out", type=Path)
+    s.add_argument("out", type=Path, help="output folder")
     s.add_argument("--test-ids", help="test video ids: .txt, or .csv with video_id (+ sentence) columns, e.g. the "
                    "1k-A MSRVTT_JSFUSION_test.csv; default: the files' test split")
     s.add_argument("--train-ids", help="training video ids (.txt or .csv, e.g. MSRVTT_train.9k.csv); default: all "
                    "captioned videos not in the test set")
-    s.add_argument("--qa", nargs="*", default=[])
+    s.add_argument("--qa", nargs="*", default=[], help="MSRVTT-QA {train,val,test}_qa.json → video_qa_<name>.jsonl")
     s.add_argument("--ext", default=".mp4", help="video file suffix (use '' for frame folders)")
     a = p.parse_args(argv)
     if a.cmd == "coco-karpathy":
@@ -380,4 +399,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from utils.cli import cli_main
+    cli_main(main)

@@ -1,11 +1,15 @@
 """Score an image against a text with a trained X²-VLM and, optionally, draw where the text points.
 
-    python scripts/demo.py --config configs/models/x2vlm_base.yaml --checkpoint x2vlm_base_4m.th \\
-        --image photo.jpg --text "a dog on a sofa" --box_png box.png
+    python scripts/demo.py --checkpoint x2vlm_base_4m.th --config configs/models/x2vlm_base.yaml \\
+        --override model.text.tokenizer=/path/to/bert-base-uncased \\
+        --image photo.jpg --text "a dog on a sofa" --box_png box.png --caption
+    python scripts/demo.py --checkpoint output/retrieval_coco --image photo.jpg --text "a dog"   # our output folder
 
 Prints the ITM match probability and the ITC similarity; with ``--box_png`` also the box predicted by the
-grounding head (pixels, x0 y0 x1 y1) and writes the image with that box drawn. Works with the official
-released checkpoints (``model.text.tokenizer`` must point to the matching tokenizer folder / vocab.txt).
+grounding head (pixels, x0 y0 x1 y1) and writes the image with that box drawn; with ``--caption`` a generated
+caption. A command line over the Python API (``from models import load_model``, models/api.py). An official
+checkpoint needs its config (README: official checkpoints) and ``model.text.tokenizer`` pointing to the
+matching tokenizer folder / vocab.txt.
 """
 from __future__ import annotations
 
@@ -13,61 +17,44 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from PIL import ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset import image_transform, load_tokenizer  # noqa: E402
-from dataset.io import load_image  # noqa: E402
-from models.x2vlm import X2VLM  # noqa: E402
-from utils.config import add_config_args, config_from_args  # noqa: E402
-
-
-@torch.no_grad()
-def score(model: X2VLM, tokenizer, cfg: dict, image, text: str) -> dict[str, float | list[float]]:
-    """ITM probability, ITC similarity and the predicted box (normalised cx, cy, w, h) of ``text`` in ``image``."""
-    model.eval()
-    pixels, _ = image_transform(cfg, train=False)(image)
-    enc = tokenizer([text], padding="longest", truncation=True, max_length=cfg["data"]["max_tokens"],
-                    return_tensors="pt")
-    embeds, atts = model.encode_image(pixels[None])
-    text_embeds = model.encode_text(enc["input_ids"], enc["attention_mask"])
-    itm = model.itm_logits(embeds, atts, text_embeds, enc["attention_mask"]).softmax(-1)[0, 1]
-    itc = (model.image_features(embeds) @ model.text_features(text_embeds).t())[0, 0]
-    box = model.predict_boxes(embeds, text_embeds, enc["attention_mask"])[0]
-    return {"itm": float(itm), "itc": float(itc), "box": [float(v) for v in box]}
-
-
-def box_pixels(box_cxcywh: list[float], width: int, height: int) -> list[float]:
-    cx, cy, w, h = box_cxcywh
-    return [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+from models.api import box_pixels, load_model  # noqa: E402,F401  (box_pixels: re-exported for callers)
+from utils.config import add_config_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p, default_config="configs/models/x2vlm_base.yaml")
-    p.add_argument("--checkpoint", help="weights to load (sets model.checkpoint)")
-    p.add_argument("--image", required=True)
-    p.add_argument("--text", required=True)
+    add_config_args(p)
+    p.set_defaults(config=None)
+    p.add_argument("--checkpoint", help="weights: our output folder (model.safetensors + config.yaml), or a "
+                                        "checkpoint file (official .th, ours .safetensors) with --config; "
+                                        "none: random weights from --config")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--text", required=True, help="text to score against the image (and to ground)")
     p.add_argument("--box_png", help="write the image with the predicted box here")
+    p.add_argument("--caption", action="store_true", help="also generate a caption (beam search, see caption.*)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     args = p.parse_args(argv)
-    cfg = config_from_args(args)
-    if args.checkpoint:
-        cfg["model"]["checkpoint"] = args.checkpoint
-    model = X2VLM.from_config(cfg)
-    image = load_image(args.image)
-    out = score(model, load_tokenizer(cfg), cfg, image, args.text)
+    vlm = load_model(args.checkpoint, config=args.config, overrides=args.override, device=args.device)
+    image = vlm.open_image(args.image)
+    out: dict = {"itm": vlm.itm_score(image, args.text), "itc": float(vlm.similarity(image, args.text)[0, 0])}
     print(f"ITM match probability {out['itm']:.4f}, ITC similarity {out['itc']:.4f}")
     if args.box_png:
-        xyxy = box_pixels(out["box"], *image.size)
+        xyxy = list(vlm.ground(image, args.text))
         drawn = image.convert("RGB")
         ImageDraw.Draw(drawn).rectangle(xyxy, outline=(255, 0, 0), width=max(1, min(image.size) // 100))
         drawn.save(args.box_png)
         out["box_pixels"] = xyxy
         print("box (x0, y0, x1, y1): " + ", ".join(f"{v:.1f}" for v in xyxy) + f" -> {args.box_png}")
+    if args.caption:
+        out["caption"] = vlm.caption(image)
+        print(f"caption: {out['caption']}")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

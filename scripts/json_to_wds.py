@@ -118,4 +118,5 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import cli_main
+    cli_main(main)

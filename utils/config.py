@@ -159,7 +159,9 @@ def save_config(cfg: dict, output_dir: str | os.PathLike) -> Path:
 
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
     """Add the ``--config`` and repeatable ``--override`` options every script takes."""
-    parser.add_argument("--config", default=default_config, help="YAML config file (see configs/)")
+    where = f"; default: {default_config}" if default_config else ""
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML config file (see configs/ and docs/configuration.md{where})")
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --override model.image_res=384 (repeatable)",

@@ -18,11 +18,13 @@ Used by the task scripts (retrieval, grounding) and by the end-of-pretraining ze
 * :func:`zero_shot_eval` — retrieval and grounding, from the config section ``eval`` (see
   :data:`EVAL_DEFAULTS`), keys prefixed ``retrieval/`` and ``grounding/``.
 
-All values are percentages in [0, 100].
+All values are percentages in [0, 100]. Long loops show a tqdm progress bar on rank 0 when stderr is a terminal
+(:func:`progress_bar`; ``TQDM_DISABLE=1`` in the environment turns the bars off).
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,6 +85,17 @@ def _encode_visual(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor
     return model.encode_image(pixels)
 
 
+def progress_bar(iterable, desc: str, total: int | None = None):
+    """``iterable`` with a tqdm bar: rank 0 only, only when stderr is a terminal (tqdm's ``disable=None``), and
+    never with ``TQDM_DISABLE=1`` in the environment. The values pass through unchanged."""
+    from tqdm import tqdm
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return iterable
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
+
+
 def _shard(n: int, rank: int, world: int) -> range:
     """Contiguous rows of ``n`` handled by ``rank`` (as the official loop: ``n // world + 1`` per rank)."""
     step = n // world + 1
@@ -97,7 +110,7 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
     if not texts:
         raise ValueError("retrieval evaluation: the dataset has no texts")
     text_embeds, text_atts, text_feats = [], [], []
-    for start in range(0, len(texts), text_batch_size):
+    for start in progress_bar(range(0, len(texts), text_batch_size), "embed texts"):
         ids, atts = _tokenize(tokenizer, texts[start:start + text_batch_size], max_tokens, device)
         emb = model.encode_text(ids, atts)
         text_embeds.append(emb)
@@ -106,7 +119,7 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
     n_images = len(dataset)
     image_embeds = image_atts = image_feats = None
     seen = torch.zeros(n_images, dtype=torch.bool)
-    for batch in loader:
+    for batch in progress_bar(loader, "embed images"):
         index = torch.as_tensor(batch["index"]).long()
         emb, atts = _encode_visual(model, batch["image"].to(device))
         feat = model.image_features(emb)
@@ -143,7 +156,7 @@ def _rerank(sims: torch.Tensor, k: int, rows: range,
     image_ids, text_ids = (query, cand) if queries_are_images else (cand, query)
     order = torch.argsort(image_ids, stable=True)
     scores = torch.empty(query.numel(), dtype=out.dtype, device=sims.device)
-    for start in range(0, order.numel(), pair_batch):
+    for start in progress_bar(range(0, order.numel(), pair_batch), "ITM re-rank"):
         sel = order[start:start + pair_batch]
         scores[sel] = pair_scores(image_ids[sel], text_ids[sel]).to(out.dtype)
     scores = scores.view(len(rows), k)
@@ -303,7 +316,7 @@ def predict_grounding(model: nn.Module, loader, device, *, tokenizer, max_tokens
     model.eval()
     preds, targets = [], []
     try:
-        for batch in loader:
+        for batch in progress_bar(loader, "grounding"):
             if "bbox" not in batch:
                 raise ValueError("grounding evaluation needs ground-truth boxes ('bbox') in the annotation file")
             image_embeds, _ = model.encode_image(batch["image"].to(device))
@@ -378,7 +391,7 @@ def winoground_scores(model: nn.Module, loader, device, *, tokenizer, max_tokens
     model.eval()
     out = []
     try:
-        for batch in loader:
+        for batch in progress_bar(loader, "winoground"):
             images = [_encode_visual(model, batch[f"image_{i}"].to(device)) for i in (0, 1)]
             texts = []
             for c in (0, 1):
@@ -476,4 +489,4 @@ def format_results(results: dict[str, float]) -> str:
 __all__ = ["EVAL_DEFAULTS", "evaluate_retrieval", "evaluate_grounding", "zero_shot_eval", "retrieval_scores",
            "recall_metrics", "retrieval_chance", "grounding_chance", "positives_matrix", "predict_grounding",
            "xywh_pixels_to_cxcywh", "box_ious", "eval_settings", "format_results", "winoground_metrics",
-           "winoground_scores", "evaluate_winoground", "WINOGROUND_CHANCE"]
+           "winoground_scores", "evaluate_winoground", "WINOGROUND_CHANCE", "progress_bar"]

@@ -1,0 +1,178 @@
+"""Write docs/configuration.md — every configuration key, its default and its meaning — from configs/defaults.yaml.
+
+    python scripts/config_reference.py            # regenerate docs/configuration.md
+    python scripts/config_reference.py --check    # exit 1 if the committed file is stale (what the test does)
+
+Defaults come from the parsed YAML; meanings from the comment on each key's line (plus comment lines right
+below it, indented deeper than the key). Every key must have a comment: the script stops naming the first
+one that has none.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS = ROOT / "configs" / "defaults.yaml"
+OUTPUT = ROOT / "docs" / "configuration.md"
+REGENERATE = "python scripts/config_reference.py"
+
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<rest>.*)$")
+
+
+@dataclass
+class Entry:
+    """One key: dotted name, nesting depth, default value (parsed), meaning, whether it holds sub-keys."""
+
+    name: str
+    depth: int
+    default: object
+    meaning: str
+    section: bool
+
+
+def _split_comment(rest: str) -> str:
+    """The comment of a ``key: value  # comment`` remainder (a ``#`` inside quotes does not count)."""
+    quote = None
+    for i, ch in enumerate(rest):
+        if ch in "\"'" and quote in (None, ch):
+            quote = None if quote else ch
+        elif ch == "#" and quote is None and (i == 0 or rest[i - 1] in " \t"):
+            return rest[i + 1:].strip()
+    return ""
+
+
+def parse_defaults(path: Path = DEFAULTS) -> tuple[str, list[Entry]]:
+    """``(header, entries)``: the file's leading comment block and every key in file order."""
+    text = path.read_text(encoding="utf-8")
+    values = yaml.safe_load(text) or {}
+    header: list[str] = []
+    entries: list[Entry] = []
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
+    last: tuple[int, Entry] | None = None  # the previous key line, to attach continuation comments
+    in_header = True
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped:
+            in_header = in_header and not entries
+            continue
+        if stripped.startswith("#"):
+            indent = len(line) - len(line.lstrip())
+            if in_header and not entries:
+                header.append(stripped.lstrip("#").strip())
+            elif last is not None and indent > last[0]:
+                last[1].meaning = f"{last[1].meaning} {stripped.lstrip('#').strip()}".strip()
+            continue
+        in_header = False
+        m = _KEY_LINE.match(line)
+        if not m:
+            if line.startswith((" ", "\t", "-")):  # a block-style value of the key above
+                continue
+            raise ValueError(f"{path}:{lineno}: cannot read this line as 'key: value  # comment'")
+        indent = len(m["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parts = [k for _, k in stack] + [m["key"]]
+        node = values
+        for p in parts:
+            if not isinstance(node, dict) or p not in node:
+                raise ValueError(f"{path}:{lineno}: key {'.'.join(parts)} is not in the parsed YAML")
+            node = node[p]
+        section = isinstance(node, dict) and bool(node)
+        entry = Entry(".".join(parts), len(stack), node, _split_comment(m["rest"]), section)
+        entries.append(entry)
+        last = (indent, entry)
+        if section:
+            stack.append((indent, m["key"]))
+    found = {e.name for e in entries}
+    missing = sorted(set(_dotted(values)) - found)
+    if missing:
+        raise ValueError(f"{path}: keys not read from the text: {', '.join(missing)}")
+    return " ".join(header), entries
+
+
+def _dotted(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        out.append(prefix + key)
+        if isinstance(value, dict) and value:
+            out += _dotted(value, prefix + key + ".")
+    return out
+
+
+def _render_value(value: object) -> str:
+    if value is None:
+        return "`null`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str):
+        return f'`"{value}"`' if value == "" else f"`{value}`"
+    return f"`{json.dumps(value)}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render(header: str, entries: list[Entry]) -> str:
+    """The Markdown page: one table per top-level section, sub-sections as bold rows."""
+    undocumented = [e.name for e in entries if not e.meaning]
+    if undocumented:
+        raise ValueError(f"{DEFAULTS.relative_to(ROOT)}: key '{undocumented[0]}' has no comment; add "
+                         f"'# what it means' on its line, then run {REGENERATE}")
+    lines = ["# Configuration reference", "",
+             f"<!-- Generated by `{REGENERATE}` from configs/defaults.yaml. Do not edit by hand: "
+             "tests/test_config_reference.py fails when this file is stale. -->", "",
+             header, "",
+             "Every script takes `--config file.yaml` and `--override key.sub=value` (values are YAML). A key "
+             "that is not listed here is an error naming it.", ""]
+    top = [e for e in entries if e.depth == 0 and not e.section]
+    if top:
+        lines += ["## Top level", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        lines += [f"| `{e.name}` | {_render_value(e.default)} | {_cell(e.meaning)} |" for e in top]
+        lines.append("")
+    for sec in (e for e in entries if e.depth == 0 and e.section):
+        lines += [f"## `{sec.name}`", "", _cell(sec.meaning), "", "| key | default | meaning |", "| --- | --- | --- |"]
+        for e in entries:
+            if not e.name.startswith(sec.name + "."):
+                continue
+            if e.section:
+                lines.append(f"| **`{e.name}`** | | **{_cell(e.meaning)}** |")
+            else:
+                lines.append(f"| `{e.name}` | {_render_value(e.default)} | {_cell(e.meaning)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def generate(path: Path = DEFAULTS) -> str:
+    """The reference page for the defaults file at ``path``."""
+    return render(*parse_defaults(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--defaults", type=Path, default=DEFAULTS, help="defaults file (default: configs/defaults.yaml)")
+    p.add_argument("--out", type=Path, default=OUTPUT, help="page to write (default: docs/configuration.md)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when --out differs from the output")
+    args = p.parse_args(argv)
+    page = generate(args.defaults)
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+        if current != page:
+            print(f"{args.out} is stale: run {REGENERATE}", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page, encoding="utf-8")
+    print(f"wrote {args.out} ({sum(1 for line in page.splitlines() if line.startswith('| `'))} keys)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

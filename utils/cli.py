@@ -1,0 +1,61 @@
+"""Command-line entry: a user error (bad config key, missing config / data / checkpoint file) ends the script
+with one line on stderr that names the key or file and says what to do, not a traceback.
+
+Every script ends with ``cli_main(main)`` instead of ``main()``; ``main`` itself still raises (tests call it).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from utils.config import ConfigError
+
+#: exit status of a user error (argparse uses 2 for bad arguments too)
+USER_ERROR = 2
+
+
+def _hint(error: BaseException) -> str:
+    """What to do about ``error``, appended to its message."""
+    text = str(error)
+    if isinstance(error, ConfigError):
+        if "unknown config key" in text:
+            return "fix the key (every key, its default and meaning: docs/configuration.md)"
+        if "config file" in text and "not found" in text:
+            return "check the --config path (configs/ holds the shipped ones)"
+        if "tokenizer" in text:
+            return "point it to a local tokenizer folder or vocab.txt (README: official checkpoints)"
+        if "pretraining data" in text:
+            return "docs/data_preparation.md says how to prepare data"
+        return "fix the config file or --override (docs/configuration.md)"
+    if "annotation file" in text or "webdataset shards" in text:
+        return "check the data.* paths in the config (docs/data_preparation.md)"
+    if "tokenizer" in text or "name_or_path" in text:
+        return "set model.text.tokenizer / model.text.name_or_path to a local folder or vocab.txt"
+    if "checkpoint" in text.lower() or "--resume" in text:
+        return "check the --checkpoint / --resume path (README: official checkpoints)"
+    return "check the path"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the user's input is wrong (reported in one line)."""
+    from dataset.io import BadSample
+    from models.checkpoint import CheckpointError
+    return ConfigError, CheckpointError, FileNotFoundError, BadSample
+
+
+def report_user_error(prog: str, error: BaseException) -> str:
+    """The one line printed for ``error``: ``prog: error: <message>; <what to do>``."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return f"{prog}: error: {message}; {_hint(error)}"
+
+
+def cli_main(main: Callable[..., Any], prog: str | None = None) -> None:
+    """Run ``main()``; on a user error print one line (see :func:`report_user_error`) and exit with status 2."""
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        main()
+    except user_errors() as e:
+        print(report_user_error(prog, e), file=sys.stderr)
+        raise SystemExit(USER_ERROR) from None
