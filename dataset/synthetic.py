@@ -9,7 +9,7 @@
 * task splits (JSON arrays, official field names): ``retrieval_{train,test}.json``, ``vqa_{train,test}.json`` +
   ``answer_list.json``, ``nlvr_{train,test}.json``, ``grounding_{train,test}.json``,
   ``caption_{train,test}.json``, ``video_retrieval_{train,test}.json``, ``video_qa_{train,test}.jsonl`` +
-  ``video_qa_ans2label.json``;
+  ``video_qa_ans2label.json`` (colour and shape answers);
 * ``vocab.txt`` (WordPiece, [PAD]=0, [UNK], [CLS], [SEP], [MASK], then words; < 512 entries).
 """
 from __future__ import annotations
@@ -222,9 +222,11 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
         (vret_test if test else vret_train).append(
             {"video": media, "caption": [cap] if test else cap, "video_id": v})
         color, kind = cap.split()[1:3]
-        qa = {"video_id": media, "question": f"what color is the moving {kind}", "answer": color}
-        (vqa_v_test if test else vqa_v_train).append(qa)
-        texts.append(qa["question"])
+        for k, (q, a) in enumerate([(f"what color is the moving {kind}", color),
+                                    (f"what shape is the moving {color} thing", kind)]):
+            (vqa_v_test if test else vqa_v_train).append(
+                {"video_id": media, "question": q, "answer": a, "question_id": v * 10 + k})
+            texts.append(q)
 
     files = {
         "image_text": "pretrain/image_text.jsonl", "regions": "pretrain/regions.jsonl",
@@ -246,7 +248,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
                        ("nlvr_test", nlvr[split:]), ("grounding_train", ground_train),
                        ("grounding_test", ground_test), ("caption_train", cap_train), ("caption_test", cap_test),
                        ("video_retrieval_train", vret_train), ("video_retrieval_test", vret_test),
-                       ("video_qa_ans2label", {c: k for k, c in enumerate(sorted(COLORS))})]:
+                       ("video_qa_ans2label", {a: k for k, a in enumerate([*sorted(COLORS), *SHAPES])})]:
         _write_json(out / files[name], data)
     _write_jsonl(out / files["video_qa_train"], vqa_v_train)
     _write_jsonl(out / files["video_qa_test"], vqa_v_test)
