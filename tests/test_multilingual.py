@@ -112,10 +112,14 @@ def test_bilingual_finetune_ranks_both_languages_above_chance(data, tmp_path):
                         "--override", f"model.text.swap.checkpoint={data['english']}",
                         "--override", f"data.finetune.train_file=[{data['ml_train']}]",
                         "--override", f"data.finetune.test_file_languages={langs}",
-                        "--override", "train.epochs=0", "--override", "train.steps=100",
+                        "--override", "train.epochs=0", "--override", "train.steps=200",
                         "--override", "eval.k_test=4"])
-    for lang in ("en", "de"):  # 12 held-out images x 3 captions per language: chance R@1 8.3
-        assert r[f"test_{lang}/itc_r_mean"] >= r[f"test_{lang}/chance_r_mean"] + 15, lang
+    # measured (seed 0, 200 steps): ITC r_mean 72.2 (en) / 75.5 (de), ITM re-ranked 65.3 / 62.0, chance 40.4;
+    # ITC R@1 image→text 41.7 / 58.3 and text→image 44.4 / 47.2 against 8.3
+    for lang in ("en", "de"):  # 12 held-out images x 3 captions per language
+        assert r[f"test_{lang}/itc_txt_r1"] >= 3 * r[f"test_{lang}/chance_txt_r1"], lang
+        assert r[f"test_{lang}/itc_img_r1"] >= 3 * r[f"test_{lang}/chance_img_r1"], lang
+        assert r[f"test_{lang}/itc_r_mean"] >= r[f"test_{lang}/chance_r_mean"] + 20, lang
         assert r[f"test_{lang}/r_mean"] >= r[f"test_{lang}/chance_r_mean"] + 10, lang
     assert r["languages/r_mean"] == pytest.approx((r["test_en/r_mean"] + r["test_de/r_mean"]) / 2)
     assert json.loads((tmp_path / "retrieval.json").read_text()) == pytest.approx(r)
