@@ -14,7 +14,7 @@ from dataset import create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from dataset.tasks import collate_dict
 from models.nlvr import X2VLMForNLVR, nlvr_metrics, predict
-from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
+from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -24,13 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world = ctx.dist.rank, ctx.dist.world_size
     collate = TokenizeCollate(collate_dict, ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
     model = X2VLMForNLVR.from_config(cfg)
-    if not args.evaluate:
-        train_set = create_dataset("nlvr2", cfg, "train", ctx.tokenizer, rank, world)
-        loader = create_loader(train_set, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
-                               rank, world, cfg["seed"])
-        finetune(ctx, model, loader)
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    train_task(ctx, model, "nlvr2", collate)
     results: dict = {}
     for split in ("val", "test"):
         if not ft[f"{split}_file"]:

@@ -18,7 +18,7 @@ from dataset.collate import TokenizeCollate
 from dataset.io import read_json
 from dataset.tasks import collate_dict
 from models.videoqa import X2VLMForVideoQA, predict, videoqa_metrics
-from utils.task import finetune, finish, gather_unique, save_final_weights, setup_task, task_parser
+from utils.task import finish, gather_unique, setup_task, task_parser, train_task
 from utils.train_state import write_json_atomic
 
 
@@ -39,13 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     if ctx.dist.is_main and getattr(model, "load_report", None) is not None:
         print(model.load_report)
     collate = TokenizeCollate(collate_dict, ctx.tokenizer, d["max_tokens"], {"question": "text"})
-    if not args.evaluate:
-        train_set = create_dataset("video_qa", cfg, "train", ctx.tokenizer, rank, world)
-        loader = create_loader(train_set, ft["batch_size_train"], collate, d["num_workers"], True, rank, world,
-                               cfg["seed"])
-        finetune(ctx, model, loader)
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    train_task(ctx, model, "video_qa", collate)
     results: dict = {}
     for split in ("val", "test"):
         if not ft[f"{split}_file"]:

@@ -92,6 +92,21 @@ def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader) -> Tr
     return trainer
 
 
+def train_task(ctx: TaskContext, model: nn.Module, task: str, collate) -> None:
+    """Unless ``--evaluate``: fine-tune ``model`` on the ``task`` dataset's training split (rank-sharded,
+    ``data.finetune.batch_size_train``) and save the final weights; then move the model to the device."""
+    if not ctx.args.evaluate:
+        cfg, d = ctx.cfg, ctx.cfg["data"]
+        rank, world = ctx.dist.rank, ctx.dist.world_size
+        from dataset import create_dataset, create_loader
+        train_set = create_dataset(task, cfg, "train", ctx.tokenizer, rank, world)
+        loader = create_loader(train_set, d["finetune"]["batch_size_train"], collate, d["num_workers"], True, rank,
+                               world, cfg["seed"])
+        finetune(ctx, model, loader)
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+
+
 def save_final_weights(ctx: TaskContext, model: nn.Module) -> Path | None:
     """``output_dir/model.safetensors`` (rank 0) — loadable with ``--checkpoint`` by every task script."""
     if not ctx.dist.is_main:
