@@ -226,7 +226,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
             {"video": media, "caption": [cap] if test else cap, "video_id": v})
         color, kind = cap.split()[1:3]
         for k, (q, a) in enumerate([(f"what color is the moving {kind}", color),
-                                    (f"what shape is the moving {color} thing", kind)]):
+                                    (f"what is the moving {color} one", kind)]):
             (vqa_v_test if test else vqa_v_train).append(
                 {"video_id": media, "question": q, "answer": a, "question_id": v * 10 + k})
             texts.append(q)

@@ -35,7 +35,7 @@ def test_videoqa_finetune_beats_the_commonest_answer(syn, tmp_path):
                            "--override", f"data.finetune.ans2label={syn['video_qa_ans2label']}",
                            "--override", "train.steps=120", "--override", "data.videos.frame_len=2"))
     assert r["test/n"] == 24  # 12 held-out videos x (colour, shape) questions
-    # measured: 58.3% (14 of 24) against 25.0% for always giving the commonest answer
+    # measured: 54.2% (13 of 24) against 25.0% for always giving the commonest answer
     assert r["test/acc"] >= max(2 * r["test/chance_acc"], r["test/chance_acc"] + 25)
     assert json.loads((tmp_path / "videoqa.json").read_text()) == pytest.approx(r)
     preds = json.loads((tmp_path / "videoqa_test_predictions.json").read_text())
@@ -49,8 +49,8 @@ def test_video_retrieval_finetune_ranks_held_out_videos_above_chance(syn, tmp_pa
                              "video_retrieval_test", "--override", "train.steps=100",
                              "--override", "data.videos.frame_len=2") + ["--video"])
     assert r["test/chance_txt_r1"] == pytest.approx(100 / 12)  # 12 held-out videos, one caption each
-    # measured (seed 0): ITC R@1 41.7 / 33.3 (video→text / text→video), re-ranked 33.3 / 25.0, chance 8.3;
-    # r_mean 76.4 (ITC 79.2) against 44.4 (R@10 of 12 candidates is 83% by chance)
+    # measured (seed 0): ITC R@1 50.0 / 33.3 (video→text / text→video), re-ranked 16.7 / 16.7, chance 8.3;
+    # r_mean 72.2 (ITC 80.6) against 44.4 (R@10 of 12 candidates is 83% by chance)
     assert r["test/itc_txt_r1"] >= 2.5 * r["test/chance_txt_r1"]
     assert r["test/itc_img_r1"] >= 2.5 * r["test/chance_img_r1"]
     assert r["test/itc_r_mean"] >= r["test/chance_r_mean"] + 20
@@ -89,7 +89,7 @@ def test_mixed_pretraining_batch_with_videos_learns_video_text_alignment(syn, tm
     trainer = Trainer(cfg, model, DistInfo())
     trainer.track_data(loader)
     trainer.fit(lambda start: iter(loader))
-    after = itc()
+    after = itc()  # measured: ITC r_mean 44.4 before (= chance), 73.6 after
     print(f"video-text ITC r_mean before {before['r_mean']:.1f}, after {after['r_mean']:.1f}, "
           f"R@1 {after['txt_r1']:.1f}/{after['img_r1']:.1f}, chance {after['chance_r_mean']:.1f}")
     logs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
