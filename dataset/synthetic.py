@@ -1,6 +1,6 @@
 """A small deterministic dataset of coloured shapes, written in every annotation format this package reads.
 
-``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 48] [--videos 12]`` writes, under OUT_DIR:
+``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 48] [--videos 48]`` writes, under OUT_DIR:
 
 * ``images/*.jpg`` scenes of 2–3 non-overlapping shapes, ``frames/vid_k/*.jpg`` + ``videos/vid_k.mp4``
   (PyAV; skipped if missing) of one moving shape;
@@ -354,7 +354,7 @@ def main() -> None:
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=48)
-    p.add_argument("--videos", type=int, default=12)
+    p.add_argument("--videos", type=int, default=48, help="videos (a quarter held out; the video demos use 48)")
     args = p.parse_args()
     files = generate(args.out_dir, args.seed, args.images, args.videos)
     files |= generate_multilingual(files, args.seed)

@@ -74,7 +74,9 @@ class X2VLM(nn.Module):
         """Build from the full config (``model`` + ``loss`` sections) or the model section alone.
 
         With ``load_weights``: HF text weights from ``model.text.name_or_path``, BEiT-2 weights from
-        ``model.vision.checkpoint``, then a full checkpoint from ``model.checkpoint``.
+        ``model.vision.checkpoint``, then — with ``model.text.swap.mode`` other than none — the kept parts of
+        the English checkpoint ``model.text.swap.checkpoint`` (:meth:`swap_text_encoder`, report in
+        ``swap_report``), then a full checkpoint from ``model.checkpoint``.
         """
         model_cfg = _model_section(cfg)
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)

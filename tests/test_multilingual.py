@@ -123,3 +123,14 @@ def test_bilingual_finetune_ranks_both_languages_above_chance(data, tmp_path):
         assert r[f"test_{lang}/r_mean"] >= r[f"test_{lang}/chance_r_mean"] + 10, lang
     assert r["languages/r_mean"] == pytest.approx((r["test_en/r_mean"] + r["test_de/r_mean"]) / 2)
     assert json.loads((tmp_path / "retrieval.json").read_text()) == pytest.approx(r)
+
+
+@pytest.mark.parametrize("name, languages", [("retrieval_multi30k", {"en", "de", "fr", "cs"}),
+                                             ("retrieval_mscoco_multilingual", {"en", "ja", "zh"})])
+def test_recipe_configs(name, languages):
+    cfg = load_config(ROOT / "configs" / "finetune" / f"{name}.yaml")  # strict: unknown keys raise
+    text = cfg["model"]["text"]
+    assert text["swap"]["mode"] == "full" and text["swap"]["checkpoint"].endswith(".th")
+    assert "xlm-roberta" in text["name_or_path"] and text["tokenizer"] is None
+    assert text["config"]["num_hidden_layers"] == 12  # the English checkpoint's text layers (official 12 + 6)
+    assert set(cfg["data"]["finetune"]["test_file_languages"]) == languages

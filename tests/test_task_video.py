@@ -95,3 +95,25 @@ def test_mixed_pretraining_batch_with_videos_learns_video_text_alignment(syn, tm
     logs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logs[-1]["step"] == 100 and logs[-1]["loss_itc"] < logs[0]["loss_itc"]
     assert after["r_mean"] >= after["chance_r_mean"] + 20 and after["r_mean"] >= before["r_mean"] + 10
+
+
+@pytest.mark.parametrize("name, frames, res, k_test", [("retrieval_msrvtt", 5, 384, 32),
+                                                        ("videoqa_msrvtt", 5, 320, None),
+                                                        ("videoqa_msvd", 8, 224, None)])
+def test_recipe_configs_carry_the_paper_settings(name, frames, res, k_test):
+    from utils.config import load_config
+    cfg = load_config(ROOT / "configs" / "finetune" / f"{name}.yaml")  # strict: unknown keys raise
+    assert cfg["data"]["videos"]["frame_len"] == cfg["model"]["max_frames"] == frames
+    assert cfg["model"]["image_res"] == res and cfg["data"]["hflip"] == "none"
+    if k_test:
+        assert cfg["eval"]["k_test"] == k_test and cfg["loss"]["itc"] and cfg["loss"]["itm"]
+    else:
+        assert cfg["model"]["num_answers"] == 1500 and cfg["data"]["finetune"]["ans2label"]
+
+
+def test_run_py_launches_videoqa():
+    import argparse
+
+    import run
+    args = argparse.Namespace(task="videoqa", dist="cpu", nnodes=1)
+    assert run.launch_command(args, ["--config", "c.yaml"])[1].endswith("VideoQA.py")
