@@ -10,8 +10,8 @@ test split by ITC similarity and re-rank each query's ``eval.k_test`` best candi
 Results (``txt_r1/5/10`` image→text, ``img_r1/5/10`` text→image, means, the ITC-only ``itc_*`` and the
 chance levels ``chance_*``) per evaluated split go to ``output_dir/retrieval.json`` as ``<split>/<metric>``;
 multilingual test sets (``data.finetune.test_file_languages``) as ``test_<language>/<metric>`` plus the
-mean over languages ``languages/r_mean``. Video-text retrieval (MSRVTT): ``--video`` with
-configs/finetune/retrieval_msrvtt.yaml; multilingual (Multi30K, multilingual COCO): an XLM-R text encoder
+mean over languages ``languages/r_mean``. Video-text retrieval (MSRVTT): configs/finetune/retrieval_msrvtt.yaml
+(``data.finetune.is_video``, or ``--video``); multilingual (Multi30K, multilingual COCO): an XLM-R text encoder
 swapped into an English checkpoint (``model.text.swap``), configs/finetune/retrieval_multi30k.yaml.
 """
 from __future__ import annotations
@@ -50,9 +50,11 @@ def evaluate(ctx, model, task: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = task_parser(__doc__, "configs/finetune/retrieval_demo.yaml")
-    parser.add_argument("--video", action="store_true", help="video-text retrieval ({video, caption, video_id})")
+    parser.add_argument("--video", action="store_true", help="video-text retrieval ({video, caption, video_id}); "
+                                                             "also data.finetune.is_video")
     ctx = setup_task(parser.parse_args(argv))
-    cfg, task = ctx.cfg, "video_retrieval" if ctx.args.video else "retrieval"
+    video = ctx.args.video or ctx.cfg["data"]["finetune"]["is_video"]
+    cfg, task = ctx.cfg, "video_retrieval" if video else "retrieval"
     model = X2VLMRetrieval.from_config(cfg)
     if ctx.dist.is_main and getattr(model, "swap_report", None) is not None:
         print(model.swap_report)

@@ -47,7 +47,7 @@ def test_video_retrieval_finetune_ranks_held_out_videos_above_chance(syn, tmp_pa
     torch.manual_seed(0)
     r = Retrieval.main(_args("retrieval_msrvtt_demo.yaml", syn, tmp_path, "video_retrieval_train",
                              "video_retrieval_test", "--override", "train.steps=100",
-                             "--override", "data.videos.frame_len=2") + ["--video"])
+                             "--override", "data.videos.frame_len=2"))  # data.finetune.is_video: no --video
     assert r["test/chance_txt_r1"] == pytest.approx(100 / 12)  # 12 held-out videos, one caption each
     # measured (seed 0): ITC R@1 50.0 / 33.3 (video→text / text→video), re-ranked 16.7 / 16.7, chance 8.3;
     # r_mean 72.2 (ITC 80.6) against 44.4 (R@10 of 12 candidates is 83% by chance)
@@ -107,6 +107,7 @@ def test_recipe_configs_carry_the_paper_settings(name, frames, res, k_test):
     assert cfg["model"]["image_res"] == res and cfg["data"]["hflip"] == "none"
     if k_test:
         assert cfg["eval"]["k_test"] == k_test and cfg["loss"]["itc"] and cfg["loss"]["itm"]
+        assert cfg["data"]["finetune"]["is_video"]
     else:
         assert cfg["model"]["num_answers"] == 1500 and cfg["data"]["finetune"]["ans2label"]
 
