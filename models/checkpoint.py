@@ -3,7 +3,8 @@
 Reads: official X²-VLM ``.th`` files (``{'model': state_dict}``, text + fusion in one 18-layer BERT),
 our own safetensors checkpoints, bare state dicts, BEiT-2 release ``.pth`` and timm state dicts
 (vision encoder). Relative-position tables, patch embeddings and the temporal embedding are resized
-to the model's resolution / patch size / frame count.
+to the model's resolution / patch size / frame count. :func:`load_text_swap` keeps the parts of an English
+checkpoint that a text-encoder swap (``model.text.swap``, e.g. to XLM-R) leaves in place and reports every key.
 """
 from __future__ import annotations
 
