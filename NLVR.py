@@ -14,7 +14,7 @@ from dataset import create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from dataset.tasks import collate_dict
 from models.nlvr import X2VLMForNLVR, nlvr_metrics, predict
-from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
+from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
 
 
 def evaluate(ctx, model: X2VLMForNLVR, collate) -> dict[str, float]:
@@ -39,17 +39,9 @@ def evaluate(ctx, model: X2VLMForNLVR, collate) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     args = task_parser(__doc__, "configs/finetune/nlvr2.yaml").parse_args(argv)
     ctx = setup_task(args)
-    cfg, ft = ctx.cfg, ctx.cfg["data"]["finetune"]
-    rank, world = ctx.dist.rank, ctx.dist.world_size
-    collate = TokenizeCollate(collate_dict, ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
-    model = X2VLMForNLVR.from_config(cfg)
-    if not args.evaluate:
-        train_set = create_dataset("nlvr2", cfg, "train", ctx.tokenizer, rank, world)
-        loader = create_loader(train_set, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
-                               rank, world, cfg["seed"])
-        finetune(ctx, model, loader, evaluate=lambda: evaluate(ctx, model, collate))
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    collate = TokenizeCollate(collate_dict, ctx.tokenizer, ctx.cfg["data"]["max_tokens"], {"text": "text"})
+    model = X2VLMForNLVR.from_config(ctx.cfg)
+    train_task(ctx, model, "nlvr2", collate, evaluate=lambda: evaluate(ctx, model, collate))
     results = evaluate(ctx, model, collate)
     write_results(ctx, "nlvr", results)
     return results

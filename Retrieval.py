@@ -8,7 +8,11 @@ test split by ITC similarity and re-rank each query's ``eval.k_test`` best candi
         --evaluate                                                  # fine-tuned (or zero-shot) evaluation
 
 Results (``txt_r1/5/10`` image→text, ``img_r1/5/10`` text→image, means, the ITC-only ``itc_*`` and the
-chance levels ``chance_*``) per evaluated split go to ``output_dir/retrieval.json`` as ``<split>/<metric>``.
+chance levels ``chance_*``) per evaluated split go to ``output_dir/retrieval.json`` as ``<split>/<metric>``;
+multilingual test sets (``data.finetune.test_file_languages``) as ``test_<language>/<metric>`` plus the
+mean over languages ``languages/r_mean``. Video-text retrieval (MSRVTT): configs/finetune/retrieval_msrvtt.yaml
+(``data.finetune.is_video``, or ``--video``); multilingual (Multi30K, multilingual COCO): an XLM-R text encoder
+swapped into an English checkpoint (``model.text.swap``), configs/finetune/retrieval_multi30k.yaml.
 """
 from __future__ import annotations
 
@@ -20,13 +24,16 @@ from utils.task import finetune, finish, save_final_weights, setup_task, task_pa
 
 
 def evaluate(ctx, model, task: str) -> dict[str, float]:
-    """Recall on every non-empty ``data.finetune.{val,test}_file`` (each rank scores a share of the queries)."""
+    """Recall on every non-empty ``data.finetune.{val,test}_file`` and on each language's file of
+    ``data.finetune.test_file_languages`` (as ``test_<language>/...``, with their mean ``languages/r_mean``);
+    each rank re-ranks a share of the queries."""
     cfg, e = ctx.cfg, eval_settings(ctx.cfg)
+    ft = cfg["data"]["finetune"]
+    sets = {split: split for split in ("val", "test") if ft[f"{split}_file"]}
+    sets |= {f"test_{lang}": files for lang, files in (ft["test_file_languages"] or {}).items()}
     results: dict[str, float] = {}
-    for split in ("val", "test"):
-        if not cfg["data"]["finetune"][f"{split}_file"]:
-            continue
-        ds = create_dataset(task, cfg, split, ctx.tokenizer)
+    for split, files in sets.items():
+        ds = create_dataset(task, cfg, files, ctx.tokenizer)
         loader = create_loader(ds, cfg["data"]["finetune"]["batch_size_test"], collate_for(task),
                                cfg["data"]["num_workers"], training=False)  # every rank embeds every image
         metrics = evaluate_retrieval(model, loader, ctx.dist.device, int(e["k_test"]), bool(e["itm_rerank"]),
@@ -34,15 +41,23 @@ def evaluate(ctx, model, task: str) -> dict[str, float]:
                                      text_batch_size=int(e["text_batch_size"]),
                                      itm_batch_size=int(e["itm_batch_size"]))
         results |= {f"{split}/{k}": v for k, v in metrics.items()}
+    languages = [f"test_{lang}" for lang in ft["test_file_languages"] or {}]
+    if languages:  # the official XRetrieval.py score: the mean over languages of each one's mean recall
+        for key in ("r_mean", "txt_r_mean", "img_r_mean", "chance_r_mean"):
+            results[f"languages/{key}"] = sum(results[f"{lang}/{key}"] for lang in languages) / len(languages)
     return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = task_parser(__doc__, "configs/finetune/retrieval_demo.yaml")
-    parser.add_argument("--video", action="store_true", help="video-text retrieval ({video, caption, video_id})")
+    parser.add_argument("--video", action="store_true", help="video-text retrieval ({video, caption, video_id}); "
+                                                             "also data.finetune.is_video")
     ctx = setup_task(parser.parse_args(argv))
-    cfg, task = ctx.cfg, "video_retrieval" if ctx.args.video else "retrieval"
+    video = ctx.args.video or ctx.cfg["data"]["finetune"]["is_video"]
+    cfg, task = ctx.cfg, "video_retrieval" if video else "retrieval"
     model = X2VLMRetrieval.from_config(cfg)
+    if ctx.dist.is_main and getattr(model, "swap_report", None) is not None:
+        print(model.swap_report)
     if not ctx.args.evaluate:
         ft = cfg["data"]["finetune"]
         train_ds = create_dataset(task, cfg, "train", ctx.tokenizer)

@@ -1,6 +1,6 @@
 """A small deterministic dataset of coloured shapes, written in every annotation format this package reads.
 
-``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 48] [--videos 12]`` writes, under OUT_DIR:
+``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 48] [--videos 48]`` writes, under OUT_DIR:
 
 * ``images/*.jpg`` scenes of 2–3 non-overlapping shapes, ``frames/vid_k/*.jpg`` + ``videos/vid_k.mp4``
   (PyAV; skipped if missing) of one moving shape;
@@ -9,8 +9,11 @@
 * task splits (JSON arrays, official field names): ``retrieval_{train,test}.json``, ``vqa_{train,test}.json`` +
   ``answer_list.json``, ``nlvr_{train,test}.json``, ``grounding_{train,test}.json``,
   ``caption_{train,test}.json``, ``video_retrieval_{train,test}.json``, ``video_qa_{train,test}.jsonl`` +
-  ``video_qa_ans2label.json``;
-* ``vocab.txt`` (WordPiece, [PAD]=0, [UNK], [CLS], [SEP], [MASK], then words; < 512 entries).
+  ``video_qa_ans2label.json`` (colour and shape answers);
+* ``vocab.txt`` (WordPiece, [PAD]=0, [UNK], [CLS], [SEP], [MASK], then words; < 512 entries);
+* (command line, :func:`generate_multilingual`) ``multilingual/retrieval_{train,test_en,test_de}.json``: the
+  retrieval split with English and word-for-word German captions, and ``xlmr_tiny/``, a tiny XLM-R-style
+  Hugging Face folder (unigram tokenizer over both languages, random weights) for the text-encoder swap.
 """
 from __future__ import annotations
 
@@ -222,9 +225,11 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
         (vret_test if test else vret_train).append(
             {"video": media, "caption": [cap] if test else cap, "video_id": v})
         color, kind = cap.split()[1:3]
-        qa = {"video_id": media, "question": f"what color is the moving {kind}", "answer": color}
-        (vqa_v_test if test else vqa_v_train).append(qa)
-        texts.append(qa["question"])
+        for k, (q, a) in enumerate([(f"what color is the moving {kind}", color),
+                                    (f"what is the moving {color} one", kind)]):
+            (vqa_v_test if test else vqa_v_train).append(
+                {"video_id": media, "question": q, "answer": a, "question_id": v * 10 + k})
+            texts.append(q)
 
     files = {
         "image_text": "pretrain/image_text.jsonl", "regions": "pretrain/regions.jsonl",
@@ -246,7 +251,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
                        ("nlvr_test", nlvr[split:]), ("grounding_train", ground_train),
                        ("grounding_test", ground_test), ("caption_train", cap_train), ("caption_test", cap_test),
                        ("video_retrieval_train", vret_train), ("video_retrieval_test", vret_test),
-                       ("video_qa_ans2label", {c: k for k, c in enumerate(sorted(COLORS))})]:
+                       ("video_qa_ans2label", {a: k for k, a in enumerate([*sorted(COLORS), *SHAPES])})]:
         _write_json(out / files[name], data)
     _write_jsonl(out / files["video_qa_train"], vqa_v_train)
     _write_jsonl(out / files["video_qa_test"], vqa_v_test)
@@ -274,14 +279,86 @@ def scene_questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, 
             (f"what is {relation(shapes[1], a).replace('to the ', 'on the ')} the {a.name}?", shapes[1].kind)]
 
 
+# ------------------------------------------------------------------------------------------ multilingual
+#: word-for-word "German" of the caption vocabulary (ASCII spellings), for bilingual retrieval data
+GERMAN = {"a": "ein", "red": "rot", "green": "gruen", "blue": "blau", "yellow": "gelb", "purple": "lila",
+          "white": "weiss", "circle": "kreis", "square": "quadrat", "triangle": "dreieck", "to": "nach",
+          "the": "dem", "left": "links", "right": "rechts", "of": "von", "above": "ueber", "below": "unter",
+          "two": "zwei", "three": "drei", "shapes": "formen", "including": "mit", "moves": "bewegt",
+          "up": "hoch", "down": "runter"}
+XLMR_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0-3 as in XLM-R; <mask> is the last id
+
+
+def translate(text: str) -> str:
+    """The caption in the word-for-word German of :data:`GERMAN` (unknown words kept)."""
+    return " ".join(GERMAN.get(w, w) for w in text.lower().split())
+
+
+def write_tiny_xlmr(folder: str | Path, texts: list[str], hidden: int = 64, layers: int = 2, heads: int = 4,
+                    intermediate: int = 128, max_tokens: int = 64, seed: int = 0) -> Path:
+    """A tiny XLM-R-style Hugging Face folder: a SentencePiece-style unigram tokenizer (``▁word`` pieces for
+    every word of ``texts``, single letters as fallback, XLM-R's special tokens and ids), an ``xlm-roberta``
+    config and randomly initialised weights (seeded). Loads with ``AutoTokenizer`` / ``AutoModel``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+
+    words = sorted({w for t in texts for w in t.lower().split()})
+    letters = sorted({c for w in words for c in w})
+    vocab = [(p, 0.0) for p in XLMR_SPECIALS] + [(f"\u2581{w}", -1.0) for w in words]
+    vocab += [("\u2581", -3.0)] + [(c, -5.0) for c in letters] + [("<mask>", 0.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                                        sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    folder = Path(folder)
+    tokenizer.save_pretrained(folder)
+    cfg = XLMRobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, intermediate_size=intermediate,
+                           max_position_embeddings=max_tokens + 2, type_vocab_size=1, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    XLMRobertaModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def generate_multilingual(files: dict[str, str], seed: int = 0) -> dict[str, str]:
+    """Bilingual (English + word-for-word German) retrieval splits of :func:`generate`'s images and a tiny
+    XLM-R-style text model (:func:`write_tiny_xlmr`) in ``<root>/xlmr_tiny``. Writes
+    ``multilingual/retrieval_train.json`` (every caption in both languages, official
+    ``{image, caption, image_id}`` rows) and ``multilingual/retrieval_test_{en,de}.json``; returns their paths
+    (``ml_train``, ``ml_test_en``, ``ml_test_de``) and ``xlmr``."""
+    root = Path(files["root"])
+    (root / "multilingual").mkdir(exist_ok=True)
+    train = json.loads(Path(files["retrieval_train"]).read_text(encoding="utf-8"))
+    test = json.loads(Path(files["retrieval_test"]).read_text(encoding="utf-8"))
+    ml_train = [r for row in train for r in (row, {**row, "caption": translate(row["caption"])})]
+    out = {"ml_train": root / "multilingual" / "retrieval_train.json",
+           "ml_test_en": root / "multilingual" / "retrieval_test_en.json",
+           "ml_test_de": root / "multilingual" / "retrieval_test_de.json"}
+    _write_json(out["ml_train"], ml_train)
+    _write_json(out["ml_test_en"], test)
+    _write_json(out["ml_test_de"], [{**r, "caption": [translate(c) for c in r["caption"]]} for r in test])
+    texts = [r["caption"] for r in ml_train] + [c for r in test for c in r["caption"]]
+    texts += [translate(c) for r in test for c in r["caption"]]
+    xlmr = write_tiny_xlmr(root / "xlmr_tiny", texts, seed=seed)
+    return {**{k: str(v) for k, v in out.items()}, "xlmr": str(xlmr)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="folder to write (e.g. data/synthetic, which the demo configs read)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--images", type=int, default=48, help="scenes to draw (a quarter are held out as test)")
-    p.add_argument("--videos", type=int, default=12, help="videos of one moving shape")
+    p.add_argument("--videos", type=int, default=48,
+                   help="videos of one moving shape (a quarter held out; the video demos use 48)")
     args = p.parse_args()
     files = generate(args.out_dir, args.seed, args.images, args.videos)
+    files |= generate_multilingual(files, args.seed)
     print(json.dumps(files, indent=1))
 
 

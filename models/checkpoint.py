@@ -3,7 +3,8 @@
 Reads: official X²-VLM ``.th`` files (``{'model': state_dict}``, text + fusion in one 18-layer BERT),
 our own safetensors checkpoints, bare state dicts, BEiT-2 release ``.pth`` and timm state dicts
 (vision encoder). Relative-position tables, patch embeddings and the temporal embedding are resized
-to the model's resolution / patch size / frame count.
+to the model's resolution / patch size / frame count. :func:`load_text_swap` keeps the parts of an English
+checkpoint that a text-encoder swap (``model.text.swap``, e.g. to XLM-R) leaves in place and reports every key.
 """
 from __future__ import annotations
 
@@ -206,6 +207,86 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     if strict and not report.ok:
         raise CheckpointError(str(report))
     return report
+
+
+# ------------------------------------------------------------------------------------- text-encoder swap
+#: MLM-head keys whose size is the vocabulary's: never taken from a checkpoint of another vocabulary
+VOCAB_KEYS = ("mlm_head.predictions.bias", "mlm_head.predictions.decoder.weight", "mlm_head.predictions.decoder.bias")
+WORD_EMBEDDINGS = "text_encoder.embeddings.word_embeddings.weight"
+
+
+def swap_keeps(mode: str, key: str) -> bool:
+    """Whether a text-encoder swap in ``mode`` takes ``key`` (our layout) from the English checkpoint.
+
+    * ``full``: everything but the text encoder and the vocabulary-sized MLM keys (as the official
+      ``replace_text_encoder``: vision encoder, fusion, projections, ITM / box heads, MLM transform kept);
+    * ``cross_attention_only``: the vision side (encoder, frame embedding, ``vision_proj``), the fusion layers'
+      cross-attention and the temperature; the fusion self-attention / FFN come from the new text model's top
+      layers, ``text_proj`` and the heads start fresh;
+    * ``embeddings_only``: everything but the word embeddings and the vocabulary-sized MLM keys (the English
+      text layers stay; only tokenizer and embedding table change)."""
+    if key in VOCAB_KEYS:
+        return False
+    if mode == "full":
+        return not key.startswith("text_encoder.")
+    if mode == "cross_attention_only":
+        return (key.startswith(("vision_encoder.", "vision_proj.")) or key in ("temp", "absolute_frame_pos_embed")
+                or (key.startswith("fusion.") and ".crossattention." in key))
+    if mode == "embeddings_only":
+        return key != WORD_EMBEDDINGS
+    raise ValueError(f"unknown text-encoder swap mode '{mode}'")
+
+
+@dataclass
+class TextSwapReport(LoadReport):
+    """A :class:`LoadReport` of the English checkpoint's kept keys, plus where every other model key came from."""
+
+    mode: str = "full"
+    dropped: list[str] = field(default_factory=list)          # checkpoint keys the mode leaves out
+    from_text_model: list[str] = field(default_factory=list)  # model keys from the new (multilingual) text model
+    reinitialised: list[str] = field(default_factory=list)    # model keys neither source wrote: fresh init
+
+    def __str__(self) -> str:
+        lines = [f"text-encoder swap ({self.mode}) from {self.source}: {len(self.loaded)} keys kept, "
+                 f"{len(self.dropped)} dropped, {len(self.from_text_model)} from the new text model, "
+                 f"{len(self.reinitialised)} re-initialised, {len(self.unexpected)} unexpected, "
+                 f"{len(self.mismatched)} shape-mismatched"]
+        for name in ("reinitialised", "unexpected", "mismatched", "resized"):
+            lines += [f"  {name}: {key}" for key in getattr(self, name)]
+        return "\n".join(lines)
+
+
+def load_text_swap(model: nn.Module, path: str | os.PathLike, mode: str, from_text_model: list[str],
+                   english_text_layers: int, trusted: bool = False) -> TextSwapReport:
+    """Load the parts of an English X²-VLM checkpoint (official ``.th`` with ``english_text_layers`` text
+    layers, or ours) that a swap in ``mode`` keeps (:func:`swap_keeps`) into ``model``, whose text side already
+    holds the new text model's weights (``from_text_model``: those keys). Every model key ends up in exactly
+    one of ``loaded``, ``from_text_model`` and ``reinitialised``."""
+    state = to_our_layout(read_state_dict(path, trusted=trusted), english_text_layers)
+    keep = {k: v for k, v in state.items() if swap_keeps(mode, k)}
+    base = load_state_into(model, keep, str(path))
+    aliases = _alias_groups(model)
+    loaded = set(base.loaded) | {e.split(":", 1)[0] for e in base.resized}
+    text = {a for k in from_text_model for a in aliases.get(k, {k})} - loaded
+    dropped = sorted(k for k in state if k not in keep and k.split(".")[-1] not in DERIVED_BUFFERS)
+    report = TextSwapReport(**vars(base), mode=mode, dropped=dropped)
+    report.from_text_model = sorted(text)
+    report.reinitialised = sorted(k for k in base.missing if k not in text)
+    report.missing = []
+    return report
+
+
+def copy_word_embeddings(model: nn.Module, folder: str | os.PathLike) -> list[str]:
+    """Copy the input word embeddings of a Hugging Face model folder into ``model.text_encoder`` when the shapes
+    agree; returns the keys written (none when they differ: the table then stays freshly initialised)."""
+    state = read_state_dict(folder)
+    source = [k for k in state if k.endswith("embeddings.word_embeddings.weight") and "position" not in k]
+    target = model.text_encoder.get_input_embeddings().weight
+    if len(source) != 1 or state[source[0]].shape != target.shape:
+        return []
+    with torch.no_grad():
+        target.copy_(state[source[0]])
+    return [WORD_EMBEDDINGS]
 
 
 # ------------------------------------------------------------------------------------ entry points

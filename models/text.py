@@ -7,15 +7,38 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertTokenizerFast, PretrainedConfig
 
+SWAP_MODES = ("none", "full", "cross_attention_only", "embeddings_only")
+
+
+def swap_mode(text_cfg: dict) -> str:
+    """``model.text.swap.mode`` (``none`` when the section is absent), checked against :data:`SWAP_MODES`."""
+    mode = str((text_cfg.get("swap") or {}).get("mode") or "none")
+    if mode not in SWAP_MODES:
+        raise ValueError(f"model.text.swap.mode must be one of {', '.join(SWAP_MODES)}, got '{mode}'")
+    return mode
+
 
 def text_config(text_cfg: dict) -> PretrainedConfig:
-    """The transformers config of the text encoder: from ``name_or_path`` (a local folder) or built from ``config``."""
+    """The transformers config of the text encoder: from ``name_or_path`` (a local folder; ``config`` fields
+    override it) or built from ``config``. With a text-encoder swap (``swap.mode`` other than none) ``config``
+    describes the English checkpoint's text encoder: ``full`` / ``cross_attention_only`` use the folder's config
+    as is; ``embeddings_only`` builds ``config``'s architecture with the folder's vocabulary."""
     path = text_cfg.get("name_or_path")
     fields = dict(text_cfg.get("config") or {})
+    if swap_mode(text_cfg) == "embeddings_only":
+        # the English architecture (``config``) with the multilingual model's vocabulary
+        if not path or not Path(path).is_dir():
+            raise FileNotFoundError("model.text.swap.mode embeddings_only: model.text.name_or_path must be the local "
+                                    f"folder of the multilingual model whose vocabulary is used, got '{path}'")
+        other = AutoConfig.from_pretrained(path, local_files_only=True)
+        fields.update(vocab_size=other.vocab_size, pad_token_id=other.pad_token_id)
+        return AutoConfig.for_model(fields.pop("model_type", "bert"), **fields)
     if path:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"model.text.name_or_path: '{path}' is not a local folder with a config.json")
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        if swap_mode(text_cfg) != "none":  # ``config`` then describes the English checkpoint's text encoder
+            return cfg
         for key, value in fields.items():
             setattr(cfg, key, value)
         return cfg
@@ -24,11 +47,12 @@ def text_config(text_cfg: dict) -> PretrainedConfig:
 
 
 def build_text_encoder(text_cfg: dict, load_weights: bool = True) -> nn.Module:
-    """Text encoder without pooler, SDPA attention; weights from ``name_or_path`` when given and asked for."""
+    """Text encoder without pooler, SDPA attention; weights from ``name_or_path`` when given and asked for
+    (not with ``swap.mode: embeddings_only``, where ``name_or_path`` only lends its vocabulary and embeddings)."""
     cfg = text_config(text_cfg)
     cfg._attn_implementation = "sdpa"
     path = text_cfg.get("name_or_path")
-    if path and load_weights:
+    if path and load_weights and swap_mode(text_cfg) != "embeddings_only":
         return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False, local_files_only=True,
                                          attn_implementation="sdpa")
     return AutoModel.from_config(cfg, add_pooling_layer=False, attn_implementation="sdpa")

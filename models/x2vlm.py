@@ -23,7 +23,7 @@ from torch import nn
 from models import losses as L
 from models.fusion import FusionEncoder
 from models.heads import MLMHead, build_mlp
-from models.text import build_text_encoder
+from models.text import build_text_encoder, swap_mode
 from models.vision import BEiT2VisionEncoder, box_patch_mask, region_concepts
 
 
@@ -74,7 +74,9 @@ class X2VLM(nn.Module):
         """Build from the full config (``model`` + ``loss`` sections) or the model section alone.
 
         With ``load_weights``: HF text weights from ``model.text.name_or_path``, BEiT-2 weights from
-        ``model.vision.checkpoint``, then a full checkpoint from ``model.checkpoint``.
+        ``model.vision.checkpoint``, then — with ``model.text.swap.mode`` other than none — the kept parts of
+        the English checkpoint ``model.text.swap.checkpoint`` (:meth:`swap_text_encoder`, report in
+        ``swap_report``), then a full checkpoint from ``model.checkpoint``.
         """
         model_cfg = _model_section(cfg)
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
@@ -84,7 +86,10 @@ class X2VLM(nn.Module):
             if model_cfg["vision"].get("checkpoint"):
                 model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"])
                 pretrained |= {"vision_encoder." + k for k in _report_keys(model.init_report)}
-            if model_cfg["text"].get("name_or_path"):
+            if swap_mode(model_cfg["text"]) != "none":
+                model.swap_report = model.swap_text_encoder()
+                pretrained |= set(_report_keys(model.swap_report)) | set(model.swap_report.from_text_model)
+            elif model_cfg["text"].get("name_or_path"):
                 pretrained |= {n for n, _ in model.named_parameters() if n.startswith("text_encoder.")}
                 if model_cfg["fusion"].get("init_from_text", True):
                     pretrained |= set(model.init_fusion_from_text())
@@ -131,6 +136,25 @@ class X2VLM(nn.Module):
             fl.load_state_dict(shared, strict=False)
             copied += [f"fusion.layer.{i}.{k}" for k in sorted(shared)]
         return copied
+
+    def swap_text_encoder(self):
+        """Keep an English checkpoint's vision side and fusion around a new (e.g. XLM-R) text encoder, as
+        ``model.text.swap`` says (mode, checkpoint); the text encoder already holds the new model's weights.
+        Returns a :class:`~models.checkpoint.TextSwapReport` (kept / from the text model / re-initialised keys)."""
+        from models.checkpoint import copy_word_embeddings, load_text_swap
+        text_cfg = self.cfg["text"]
+        swap, mode = text_cfg.get("swap") or {}, swap_mode(text_cfg)
+        if not swap.get("checkpoint"):
+            raise ValueError(f"model.text.swap.mode is {mode}: set model.text.swap.checkpoint (the English model)")
+        if mode == "embeddings_only":
+            from_text = copy_word_embeddings(self, text_cfg["name_or_path"])
+        else:
+            from_text = [k for k in self.state_dict() if k.startswith("text_encoder.")]
+            if mode == "cross_attention_only":  # fusion self-attention / FFN from the new model's top layers
+                from_text += self.init_fusion_from_text()
+        english_layers = int((text_cfg.get("config") or {}).get("num_hidden_layers")
+                             or len(self.text_encoder.encoder.layer))
+        return load_text_swap(self, swap["checkpoint"], mode, from_text, english_layers)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enable)

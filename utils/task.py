@@ -149,6 +149,23 @@ class BestTracker:
             print(f"best epoch {self.best['epoch']} ({self.metric} = {self.best['value']:.4f}) loaded")
 
 
+def train_task(ctx: TaskContext, model: nn.Module, task: str, collate,
+               evaluate: Callable[[], dict[str, float]] | None = None) -> None:
+    """Unless ``--evaluate``: fine-tune ``model`` on the ``task`` dataset's training split (rank-sharded,
+    ``data.finetune.batch_size_train``; ``evaluate`` as in :func:`finetune`) and save the final weights; then
+    move the model to the device."""
+    if not ctx.args.evaluate:
+        cfg, d = ctx.cfg, ctx.cfg["data"]
+        rank, world = ctx.dist.rank, ctx.dist.world_size
+        from dataset import create_dataset, create_loader
+        train_set = create_dataset(task, cfg, "train", ctx.tokenizer, rank, world)
+        loader = create_loader(train_set, d["finetune"]["batch_size_train"], collate, d["num_workers"], True, rank,
+                               world, cfg["seed"])
+        finetune(ctx, model, loader, evaluate)
+        save_final_weights(ctx, model)
+    model.to(ctx.dist.device)
+
+
 def save_final_weights(ctx: TaskContext, model: nn.Module) -> Path | None:
     """``output_dir/model.safetensors`` (rank 0) — loadable with ``--checkpoint`` by every task script."""
     if not ctx.dist.is_main:
