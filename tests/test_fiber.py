@@ -228,3 +228,18 @@ def test_fiber_tiny_pretrains_to_zero_shot_retrieval_above_chance(syn, tmp_path)
     print({k: round(v, 1) for k, v in r.items()})
     assert r["retrieval/txt_r1"] > 2 * r["retrieval/chance_txt_r1"]
     assert r["retrieval/img_r1"] > 2 * r["retrieval/chance_img_r1"]
+
+
+def test_vqa_decoder_starts_from_the_fused_text_layers(cfg, tmp_path) -> None:
+    from models.checkpoint import save_checkpoint_weights
+    from models.vqa import X2VLMForVQA
+    pretrained = build(cfg)
+    save_checkpoint_weights(pretrained, tmp_path)
+    model = X2VLMForVQA.from_config(apply_overrides(cfg, [f"model.checkpoint={tmp_path / 'model.safetensors'}"]))
+    assert all(k.startswith("text_decoder.") for k in model.load_report.missing)  # the gates etc. all loaded
+    assert "fusion.text_cross.0.gate" in model.load_report.loaded
+    layers = model.text_decoder.layers
+    assert len(layers) == 2  # model.fiber.layers, the fused text layers
+    for i in range(2):
+        for key, value in model.text_encoder.encoder.layer[i].state_dict().items():
+            torch.testing.assert_close(layers[i].state_dict()[key], value)
