@@ -1,5 +1,9 @@
 """X²-VLM: BEiT-2 vision encoder, text encoder, cross-attention fusion, and the pretraining heads.
 
+``model.architecture`` picks the fusion: ``x2vlm`` (fusion layers after the encoders, models/fusion.py) or
+``fiber`` (gated cross-attention inside the top layers of both backbones, models/fiber.py); every method the
+task scripts call works for both.
+
 Pretraining batch (all tensors; N texts, B images, optional Bv videos):
 
 ``images`` (B, 3, H, W); ``videos`` (Bv, T, 3, H, W) optional;

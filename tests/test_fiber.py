@@ -128,6 +128,20 @@ def test_pretraining_losses_reach_every_parameter(cfg) -> None:
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
     # at zero gates only the text-side gates can move first (the FIBER start); both get gradients after that
     assert all(float(m.gate.grad.abs()) > 0 for m in model.fusion.text_cross)
+    # activation checkpointing (backbones and the fused pass) changes neither the losses nor the gradients
+    set_gates(model, 0.5, 0.5)
+    model.zero_grad()
+    b["sample_seed"] = 7
+    ref = model.forward_pretrain(b)
+    ref["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model.forward_pretrain(b)
+    out["loss"].backward()
+    torch.testing.assert_close(out["loss"], ref["loss"])
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_config_errors_name_the_key(tiny_cfg) -> None:
