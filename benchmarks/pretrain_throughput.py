@@ -9,6 +9,8 @@ measures that side).
 
     # CPU, CI-sized: fp32/bf16 × compile off/on with the tiny preset
     python benchmarks/pretrain_throughput.py --preset tiny --batch 16
+    # the FIBER-style architecture (fusion in the backbone) at the same backbone sizes
+    python benchmarks/pretrain_throughput.py --preset fiber_tiny --batch 16
     # GPU, the base model at the 4M recipe's per-GPU batch (128 pairs + 50 region images / 128 region texts)
     python benchmarks/pretrain_throughput.py --preset x2vlm_base --batch 128 --precision bf16 --device cuda
 
@@ -263,7 +265,8 @@ def parse_list(text: str, allowed: dict[str, Any]) -> list:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny", help="configs/models/<preset>.yaml (tiny, x2vlm_base, x2vlm_large)")
+    p.add_argument("--preset", default="tiny",
+                   help="configs/models/<preset>.yaml (tiny, x2vlm_base, x2vlm_large, fiber_tiny, fiber_base)")
     p.add_argument("--batch", type=int, default=16, help="image-text pairs per step (one caption each)")
     p.add_argument("--region-images", type=int, default=-1,
                    help="region images per step (default: batch x 50/128, the 4M recipes' ratio; 0 = none)")

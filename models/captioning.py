@@ -32,7 +32,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
-from torch.utils.checkpoint import checkpoint
 
 from dataset.masking import IGNORE, choose_spans, continuation_table
 from models.x2vlm import X2VLM
@@ -171,6 +170,8 @@ class X2VLMForCaptioning(X2VLM):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
         for name in UNUSED_HEADS:
             delattr(self, name)
+        if self.fiber:  # under the causal mask FIBER's image stream never reads the text: frozen, not unused
+            self.fusion.image_cross.requires_grad_(False)
         self.label_smoothing = 0.1
         self._cls_id: int | None = None
         self._sep_id: int | None = None
@@ -184,16 +185,9 @@ class X2VLMForCaptioning(X2VLM):
                        image_embeds: torch.Tensor, image_atts: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion output ``(B, L, H)`` with the text and fusion self-attention under ``attn`` ``(B, 1, L, L)``."""
         text_mask = attn if _TRANSFORMERS_MAJOR >= 5 else attn[:, 0].long()  # 4.x takes (B, L, L) 0/1 masks
-        text = self.text_encoder(input_ids=ids, attention_mask=text_mask,
-                                 position_ids=position_ids + self._pos_offset).last_hidden_state
-        vision_mask = None if image_atts is None or bool(image_atts.all()) else \
-            image_atts.bool()[:, None, None, :]
-        for layer in self.fusion.layer:
-            if self.fusion.grad_checkpointing and self.training:
-                text = checkpoint(layer, text, attn, image_embeds, vision_mask, use_reentrant=False)
-            else:
-                text = layer(text, attn, image_embeds, vision_mask)
-        return text
+        text = self.text_tokens(input_ids=ids, attention_mask=text_mask, position_ids=position_ids + self._pos_offset)
+        vision_atts = None if image_atts is None or bool(image_atts.all()) else image_atts
+        return self.fuse(image_embeds, vision_atts, text, None, text_mask=attn)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
         """``{"loss"}``: the smoothed masked-token loss of one training batch."""

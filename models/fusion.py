@@ -123,12 +123,14 @@ class FusionEncoder(nn.Module):
 
     def forward(self, text: torch.Tensor, text_atts: torch.Tensor | None, vision: torch.Tensor,
                 vision_atts: torch.Tensor | None, causal: bool = False,
-                vision_index: torch.Tensor | None = None) -> torch.Tensor:
+                vision_index: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``text`` (B, Lt, H) attends to itself (causally if asked) and to ``vision`` (B, Lv, Dv). With
         ``vision_index`` (B,), ``vision`` / ``vision_atts`` hold U distinct visual inputs and text row i
         attends to ``vision[vision_index[i]]``: each layer projects a visual input's keys and values once,
-        however many texts read it (the ITM re-ranking's one image × k texts)."""
-        text_mask = attention_mask(text_atts, text.shape[1], causal)
+        however many texts read it (the ITM re-ranking's one image × k texts). A boolean ``text_mask``
+        (B, 1, Lt, Lt) replaces the self-attention mask built from ``text_atts`` / ``causal``."""
+        if text_mask is None:
+            text_mask = attention_mask(text_atts, text.shape[1], causal)
         vision_mask = attention_mask(vision_atts, text.shape[1])
         for layer in self.layer:
             if self.grad_checkpointing and self.training:

@@ -6,6 +6,7 @@ from functools import partial
 import torch
 from timm.models.beit import Beit
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class BEiT2VisionEncoder(Beit):
@@ -36,10 +37,37 @@ class BEiT2VisionEncoder(Beit):
     def num_patches(self) -> int:
         return self.grid_size * self.grid_size
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` → the sequence entering block 0: ``(B, 1 + P, D)`` ([CLS], patches)."""
+        x = self.patch_embed(images)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Blocks ``start .. stop-1`` (activation-checkpointed when enabled) on a ``(B, 1 + P, D)`` sequence."""
+        rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        for blk in self.blocks[start:stop]:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(blk, x, shared_rel_pos_bias=rel_pos_bias, use_reentrant=False)
+            else:
+                x = blk(x, shared_rel_pos_bias=rel_pos_bias)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Last block's output → tokens ``(B, 1 + P, D)``: [mean of patches, patches] after ``fc_norm``."""
+        patches = self.fc_norm(self.norm(x)[:, 1:])
+        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Images ``(B, 3, H, W)`` → tokens ``(B, 1 + P, D)``: [mean of patches, patches]."""
-        patches = self.fc_norm(self.forward_features(images)[:, 1:])
-        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+        return self.head(self.run_blocks(self.embed(images)))
+
+    def forward_with_state(self, images: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`forward`, plus the sequence entering block ``start`` ([CLS], patches), from one pass."""
+        state = self.run_blocks(self.embed(images), 0, start)
+        return self.head(self.run_blocks(state, start)), state
 
 
 def box_patch_mask(boxes: torch.Tensor, grid_size: int) -> torch.Tensor:

@@ -43,8 +43,9 @@ _ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 def decoder_layers(model_cfg: dict) -> int:
     """Answer-decoder depth: ``model.decoder.layers`` where the config has it, else ``model.fusion.layers``
-    (the official recipes: ``num_dec_layers`` 6 = the fusion layers)."""
-    return int((model_cfg.get("decoder") or {}).get("layers") or model_cfg["fusion"]["layers"])
+    (the official recipes: ``num_dec_layers`` 6 = the fusion layers; FIBER: ``model.fiber.layers``)."""
+    fused = model_cfg["fiber"]["layers"] if model_cfg.get("architecture") == "fiber" else model_cfg["fusion"]["layers"]
+    return int((model_cfg.get("decoder") or {}).get("layers") or fused)
 
 
 class DecoderEmbeddings(nn.Module):
@@ -160,7 +161,9 @@ class X2VLMForVQA(X2VLM):
     @torch.no_grad()
     def init_decoder_from_encoder(self) -> list[str]:
         """Official decoder initialisation from the (loaded) model; returns the decoder keys written."""
-        fusion, dec = self.fusion.layer, self.text_decoder.layers
+        dec = self.text_decoder.layers
+        # FIBER has no separate fusion layers: the fused top text layers (same BERT names, no cross-attention)
+        fusion = self.text_encoder.encoder.layer[-self.fusion.num_layers:] if self.fiber else self.fusion.layer
         if len(dec) == len(fusion):
             sources = list(range(len(dec)))
         elif len(dec) == len(fusion) // 2:

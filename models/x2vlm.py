@@ -1,5 +1,9 @@
 """X²-VLM: BEiT-2 vision encoder, text encoder, cross-attention fusion, and the pretraining heads.
 
+``model.architecture`` picks the fusion: ``x2vlm`` (fusion layers after the encoders, models/fusion.py) or
+``fiber`` (gated cross-attention inside the top layers of both backbones, models/fiber.py); every method the
+task scripts call works for both.
+
 Pretraining batch (all tensors; N texts, B images, optional Bv videos):
 
 ``images`` (B, 3, H, W); ``videos`` (Bv, T, 3, H, W) optional;
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import losses as L
+from models.fiber import FiberFusion, fiber_layers
 from models.fusion import FusionEncoder
 from models.heads import MLMHead, build_mlp
 from models.text import build_text_encoder, swap_mode
@@ -47,10 +52,20 @@ class X2VLM(nn.Module):
         tc = self.text_encoder.config
         self.text_width = tc.hidden_size
         self.vision_width = v["width"]
-        self.fusion = FusionEncoder(
-            num_layers=model_cfg["fusion"]["layers"], hidden=tc.hidden_size, heads=tc.num_attention_heads,
-            inner=tc.intermediate_size, vision_width=self.vision_width, eps=tc.layer_norm_eps,
-            dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+        self.architecture = model_cfg.get("architecture", "x2vlm")
+        if self.architecture == "x2vlm":
+            self.fusion = FusionEncoder(
+                num_layers=model_cfg["fusion"]["layers"], hidden=tc.hidden_size, heads=tc.num_attention_heads,
+                inner=tc.intermediate_size, vision_width=self.vision_width, eps=tc.layer_norm_eps,
+                dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+        elif self.architecture == "fiber":  # cross-attention inside the top layers of both backbones
+            k = fiber_layers(model_cfg, v["depth"], tc.num_hidden_layers)
+            self.fusion = FiberFusion(
+                num_layers=k, text_hidden=tc.hidden_size, text_heads=tc.num_attention_heads,
+                vision_width=self.vision_width, vision_heads=v["heads"], text_eps=tc.layer_norm_eps,
+                dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob)
+        else:
+            raise ValueError(f"model.architecture must be 'x2vlm' or 'fiber', got '{self.architecture}'")
         self.mlm_head = MLMHead(tc.hidden_size, tc.vocab_size, act=tc.hidden_act, eps=tc.layer_norm_eps)
         self.mlm_head.tie_to(self.text_encoder.get_input_embeddings())
         self.vision_proj = nn.Linear(self.vision_width, model_cfg["embed_dim"])
@@ -91,7 +106,7 @@ class X2VLM(nn.Module):
                 pretrained |= set(_report_keys(model.swap_report)) | set(model.swap_report.from_text_model)
             elif model_cfg["text"].get("name_or_path"):
                 pretrained |= {n for n, _ in model.named_parameters() if n.startswith("text_encoder.")}
-                if model_cfg["fusion"].get("init_from_text", True):
+                if model.architecture == "x2vlm" and model_cfg["fusion"].get("init_from_text", True):
                     pretrained |= set(model.init_fusion_from_text())
             if model_cfg.get("checkpoint"):
                 model.load_report = model.load_checkpoint(model_cfg["checkpoint"])
@@ -185,12 +200,38 @@ class X2VLM(nn.Module):
     def grid_size(self) -> int:
         return self.vision_encoder.grid_size
 
+    @property
+    def fiber(self) -> bool:
+        return self.architecture == "fiber"
+
+    def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's tokens ``(B, 1+P, D)``; FIBER: ``[final ‖ state entering the top K blocks]``
+        ``(B, 1+P, 2D)`` from the same single pass (see models/fiber.py)."""
+        if not self.fiber:
+            return self.vision_encoder(images)
+        final, state = self.vision_encoder.forward_with_state(images, self.cfg["vision"]["depth"]
+                                                              - self.fusion.num_layers)
+        return torch.cat([final, state], dim=-1)
+
+    def text_tokens(self, **inputs: Any) -> torch.Tensor:
+        """The text encoder's last hidden state for ``inputs`` (HF keyword arguments); FIBER:
+        ``[last ‖ hidden state entering the top K layers]`` ``(B, L, 2H)``."""
+        if not self.fiber:
+            return self.text_encoder(**inputs).last_hidden_state
+        out = self.text_encoder(**inputs, output_hidden_states=True)
+        state = out.hidden_states[len(out.hidden_states) - 1 - self.fusion.num_layers]
+        return torch.cat([out.last_hidden_state, state], dim=-1)
+
+    def _unimodal(self, embeds: torch.Tensor, width: int) -> torch.Tensor:
+        """The uni-modal final tokens of an ``encode_*`` output (FIBER: its first half)."""
+        return embeds[..., :width] if self.fiber else embeds
+
     def encode_image(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                      image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One vision pass. Without boxes: whole-image tokens ``(B, 1+P, D)`` and all-ones mask.
         With ``boxes`` (N, 4) normalised (cx, cy, w, h): the boxes' concepts ``(N, 1+P, D)`` and their
         patch masks; ``image_index`` (N,) names each box's image (default: box i in image i)."""
-        embeds = self.vision_encoder(images)
+        embeds = self._vision_tokens(images)
         if boxes is None:
             return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         return region_concepts(embeds, box_patch_mask(boxes, self.grid_size), image_index)
@@ -200,29 +241,36 @@ class X2VLM(nn.Module):
         if frames.ndim != 5:
             raise ValueError(f"video frames must be (B, T, C, H, W), got {tuple(frames.shape)}")
         b, t = frames.shape[:2]
-        embeds = self.vision_encoder(frames.flatten(0, 1)).unflatten(0, (b, t))
+        embeds = self._vision_tokens(frames.flatten(0, 1)).unflatten(0, (b, t))
         if self.absolute_frame_pos_embed is not None:
             if t > self.absolute_frame_pos_embed.shape[1]:
                 raise ValueError(f"{t} frames but model.max_frames is {self.absolute_frame_pos_embed.shape[1]}")
-            embeds = embeds + self.absolute_frame_pos_embed[:, :t]
+            frame_pos = self.absolute_frame_pos_embed[:, :t]
+            embeds = embeds + frame_pos.repeat(1, 1, 1, embeds.shape[-1] // frame_pos.shape[-1])
         embeds = embeds.mean(dim=1)
         return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
 
     def encode_text(self, ids: torch.Tensor, atts: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids=ids, attention_mask=atts).last_hidden_state
+        return self.text_tokens(input_ids=ids, attention_mask=atts)
 
     def fuse(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None, text_embeds: torch.Tensor,
              text_atts: torch.Tensor | None, causal: bool = False,
-             image_index: torch.Tensor | None = None) -> torch.Tensor:
+             image_index: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion output ``(B, Lt, H)``: text queries attend to the visual concept's tokens (row
-        ``image_index[i]`` of ``image_embeds`` for text i when given, else row i)."""
-        return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal, vision_index=image_index)
+        ``image_index[i]`` of ``image_embeds`` for text i when given, else row i). ``text_mask`` (B, 1, Lt, Lt)
+        boolean replaces the text self-attention mask (captioning); FIBER re-runs the backbones' top layers."""
+        if self.fiber:
+            return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal,
+                               vision_index=image_index, text_mask=text_mask,
+                               vision_encoder=self.vision_encoder, text_encoder=self.text_encoder)
+        return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal, vision_index=image_index,
+                           text_mask=text_mask)
 
     def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+        return F.normalize(self.vision_proj(self._unimodal(image_embeds, self.vision_width)[:, 0]), dim=-1)
 
     def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+        return F.normalize(self.text_proj(self._unimodal(text_embeds, self.text_width)[:, 0]), dim=-1)
 
     def itm_logits(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None,
                    text_embeds: torch.Tensor, text_atts: torch.Tensor | None,
@@ -246,7 +294,7 @@ class X2VLM(nn.Module):
         """Concept tokens and masks of every text, plus the whole-image tokens, from one vision pass."""
         pool = []
         if batch.get("images") is not None:
-            pool.append(self.vision_encoder(batch["images"]))
+            pool.append(self._vision_tokens(batch["images"]))
         if batch.get("videos") is not None:
             pool.append(self.encode_video(batch["videos"])[0])
         full = torch.cat(pool, dim=0)

@@ -92,6 +92,9 @@ class Trainer:
         self.log_path = self.output_dir / "log.jsonl"
         self._tb = None
         self._data = None
+        self._stages = check_stages(cfg, model)
+        self._base_losses = dict(getattr(model, "loss_cfg", {}))
+        self._stage = -1
 
     def track_data(self, source: Any) -> None:
         """Keep ``source.state_dict()`` (the data position) in step checkpoints and give it back to
@@ -166,6 +169,22 @@ class Trainer:
                     self._tb.add_scalar(f"train/{key}", value, record["step"])
 
     # ------------------------------------------------------------------ loop
+    def _enter_stage(self) -> None:
+        """Set the model's loss switches to those of the ``train.stages`` entry the current step is in."""
+        if not self._stages:
+            return
+        end, index = 0, len(self._stages) - 1
+        for i, stage in enumerate(self._stages):
+            end += stage["steps"]
+            if self.step < end:
+                index = i
+                break
+        if index != self._stage:
+            self._stage = index
+            self.model.loss_cfg.clear()
+            self.model.loss_cfg.update({**self._base_losses, **self._stages[index].get("loss", {})})
+            self._log({"event": "stage", "stage": index, "step": self.step, "loss": dict(self.model.loss_cfg)})
+
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
         if self.deepspeed:
             out = self.engine(batch)
@@ -221,6 +240,7 @@ class Trainer:
             bar = tqdm(total=self.train_cfg["steps"], initial=self.step, desc="train", dynamic_ncols=True)
         self.model.train()
         while self.step < total:
+            self._enter_stage()
             losses = defaultdict(float)
             for micro in range(accum):
                 batch = to_device(next(it), self.dist.device, self.dtype if self.deepspeed else None)
@@ -260,3 +280,28 @@ class Trainer:
         if self._tb is not None:
             self._tb.flush()
         return {k: v for k, v in last.items() if not math.isnan(v)}
+
+
+def check_stages(cfg: dict, model: nn.Module) -> list[dict[str, Any]]:
+    """``train.stages`` validated: mappings of ``steps`` (> 0) and ``loss`` (switches of the ``loss`` section),
+    steps adding up to ``train.steps``, and a model with loss switches (``loss_cfg``)."""
+    stages = cfg["train"].get("stages") or []
+    if not stages:
+        return []
+    if not isinstance(stages, list) or not hasattr(model, "loss_cfg"):
+        raise ConfigError("train.stages must be a list of {steps, loss} and the model must have loss switches "
+                          "(the pretraining model)")
+    known = set(cfg.get("loss", {}))
+    for i, stage in enumerate(stages):
+        where = f"train.stages[{i}]"
+        if not isinstance(stage, dict) or set(stage) - {"steps", "loss"}:
+            raise ConfigError(f"{where} must be a mapping with keys steps and loss, got {stage!r}")
+        if not isinstance(stage.get("steps"), int) or stage["steps"] <= 0:
+            raise ConfigError(f"{where}.steps must be a positive integer, got {stage.get('steps')!r}")
+        unknown = set(stage.get("loss") or {}) - known
+        if not isinstance(stage.get("loss", {}), dict) or unknown:
+            raise ConfigError(f"{where}.loss: unknown loss switch(es) {sorted(unknown)}; known: {sorted(known)}")
+    total = sum(stage["steps"] for stage in stages)
+    if total != cfg["train"]["steps"]:
+        raise ConfigError(f"train.stages: the stages' steps add up to {total}, train.steps is {cfg['train']['steps']}")
+    return stages

@@ -1,0 +1,261 @@
+"""FIBER-style fusion in the backbone (models/fiber.py, ``model.architecture: fiber``): gate-zero equivalence
+with the plain backbones, the effect of open gates, no future-token leak under the causal mask, per-text image
+selection, every task script on its demo config, train.stages switching the losses, and (slow) the tiny preset
+pretraining on the generated data to zero-shot retrieval above chance."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models.x2vlm import X2VLM
+from tests.conftest import ROOT, random_batch
+from utils.config import ConfigError, apply_overrides, load_config
+from utils.dist import DistInfo
+from utils.trainer import Trainer
+
+FIBER_TINY = ROOT / "configs" / "models" / "fiber_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def cfg() -> dict:
+    return load_config(FIBER_TINY, ["model.fiber.layers=2"])  # both tiny layers fused: every path is exercised
+
+
+def build(cfg: dict) -> X2VLM:
+    torch.manual_seed(0)
+    return X2VLM.from_config(cfg).eval()
+
+
+def set_gates(model: X2VLM, text: float, image: float) -> None:
+    with torch.no_grad():
+        for m in model.fusion.text_cross:
+            m.gate.fill_(text)
+        for m in model.fusion.image_cross:
+            m.gate.fill_(image)
+
+
+def inputs(cfg: dict, seed: int = 0) -> dict:
+    return random_batch(cfg, n_images=2, n_texts=4, seq_len=9, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_unimodal_pass_is_the_plain_backbones_and_zero_gates_fuse_to_them(cfg, tiny_cfg) -> None:
+    model, b = build(cfg), inputs(cfg)
+    assert model.fusion.gates() == {"text.0": 0.0, "text.1": 0.0, "image.0": 0.0, "image.1": 0.0}
+    plain = X2VLM.from_config(tiny_cfg).eval()  # X²-VLM with the same backbones and projections
+    missing, _ = plain.load_state_dict(model.state_dict(), strict=False)
+    assert all(k.startswith("fusion.") for k in missing)
+    image, image_atts = model.encode_image(b["images"])
+    text = model.encode_text(b["text_ids"], b["text_atts"])
+    plain_image, _ = plain.encode_image(b["images"])
+    plain_text = plain.encode_text(b["text_ids"], b["text_atts"])
+    assert image.shape[-1] == 2 * plain_image.shape[-1] and text.shape[-1] == 2 * plain_text.shape[-1]
+    assert torch.equal(image[..., :64], plain_image) and torch.equal(text[..., :64], plain_text)
+    assert torch.equal(model.image_features(image), plain.image_features(plain_image))
+    assert torch.equal(model.text_features(text), plain.text_features(plain_text))
+    # second halves: the sequences entering the fused layers (here: the embeddings, K = depth = 2)
+    assert torch.equal(image[..., 64:], model.vision_encoder.embed(b["images"]))
+    # the fused pass re-runs the top layers; with zero gates it is the plain text encoder again
+    fused = model.fuse(image, image_atts, text, b["text_atts"], image_index=b["image_index"])
+    torch.testing.assert_close(fused, plain_text, rtol=0, atol=1e-6)
+    # open gates: the fused output changes and depends on the image and on the image stream's own fusion
+    set_gates(model, 5.0, 0.0)
+    text_only = model.fuse(image, image_atts, text, b["text_atts"], image_index=b["image_index"])
+    assert (text_only - plain_text).abs().max() > 1e-2
+    other = model.fuse(image, image_atts, text, b["text_atts"], image_index=1 - b["image_index"])
+    assert (other - text_only).abs().max() > 1e-2
+    set_gates(model, 5.0, 5.0)
+    both = model.fuse(image, image_atts, text, b["text_atts"], image_index=b["image_index"])
+    assert (both - text_only).abs().max() > 1e-3
+    # ... while the uni-modal pass stays the plain backbones
+    assert torch.equal(model.encode_text(b["text_ids"], b["text_atts"])[..., :64], plain_text)
+
+
+@torch.no_grad()
+def test_image_index_selects_each_texts_image_and_masks_are_respected(cfg) -> None:
+    model, b = build(cfg), inputs(cfg)
+    set_gates(model, 5.0, 5.0)
+    image, atts = model.encode_image(b["images"])
+    text = model.encode_text(b["text_ids"], b["text_atts"])
+    idx = b["image_index"]
+    shared = model.itm_logits(image, atts, text, b["text_atts"], image_index=idx)
+    repeated = model.itm_logits(image[idx], atts[idx], text, b["text_atts"])
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-6)
+    # padding keys are ignored: changing the padded tokens' ids changes nothing at the real tokens
+    ids = b["text_ids"].clone()
+    ids[b["text_atts"] == 0] = 7
+    again = model.fuse(image[idx], atts[idx], model.encode_text(ids, b["text_atts"]), b["text_atts"])
+    base = model.fuse(image[idx], atts[idx], text, b["text_atts"])
+    real = b["text_atts"].bool()
+    torch.testing.assert_close(again[real], base[real], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_causal_fuse_does_not_leak_future_tokens(cfg) -> None:
+    model, b = build(cfg), inputs(cfg)
+    set_gates(model, 5.0, 5.0)
+    from models.captioning import caption_attention
+    image, _ = model.encode_image(b["images"][:1])
+    ids = b["text_ids"][:1].clone()
+    ids2 = ids.clone()
+    ids2[0, 5:] = 9
+    full = torch.ones_like(ids)
+    # the text pass under the causal mask too, as captioning runs it
+    attn = caption_attention(full)
+    t1 = model.text_tokens(input_ids=ids, attention_mask=attn)
+    t2 = model.text_tokens(input_ids=ids2, attention_mask=attn)
+    o1 = model.fuse(image, None, t1, None, text_mask=attn)
+    o2 = model.fuse(image, None, t2, None, text_mask=attn)
+    torch.testing.assert_close(o1[:, :5], o2[:, :5], rtol=0, atol=1e-6)
+    assert (o1[:, 5:] - o2[:, 5:]).abs().max() > 1e-3
+    # the same through causal=True with a padding mask
+    c1 = model.fuse(image, None, t1, full, causal=True)
+    torch.testing.assert_close(c1, o1, rtol=0, atol=1e-6)
+
+
+def test_pretraining_losses_reach_every_parameter(cfg) -> None:
+    model = build(cfg).train()
+    b = inputs(cfg)
+    out = model.forward_pretrain(b)
+    assert {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou"} <= set(out)
+    assert all(torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    # at zero gates only the text-side gates can move first (the FIBER start); both get gradients after that
+    assert all(float(m.gate.grad.abs()) > 0 for m in model.fusion.text_cross)
+    # activation checkpointing (backbones and the fused pass) changes neither the losses nor the gradients
+    set_gates(model, 0.5, 0.5)
+    model.zero_grad()
+    b["sample_seed"] = 7
+    ref = model.forward_pretrain(b)
+    ref["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model.forward_pretrain(b)
+    out["loss"].backward()
+    torch.testing.assert_close(out["loss"], ref["loss"])
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_config_errors_name_the_key(tiny_cfg) -> None:
+    with pytest.raises(ValueError, match="model.architecture"):
+        X2VLM.from_config(apply_overrides(tiny_cfg, ["model.architecture=fibre"]))
+    with pytest.raises(ValueError, match="model.fiber.layers"):
+        X2VLM.from_config(apply_overrides(tiny_cfg, ["model.architecture=fiber", "model.fiber.layers=3"]))
+    for name in ("fiber_tiny", "fiber_base"):  # the presets load (base: built without weights, not run)
+        c = load_config(ROOT / "configs" / "models" / f"{name}.yaml")
+        assert c["model"]["architecture"] == "fiber"
+    assert load_config(ROOT / "configs" / "models" / "fiber_base.yaml")["model"]["fiber"]["layers"] == 6
+
+
+def test_stages_switch_the_losses(cfg, tmp_path) -> None:
+    c = copy.deepcopy(cfg)
+    c["output_dir"] = str(tmp_path)
+    c["train"].update(steps=3, log_every=1, ckpt_every=100, stages=[
+        {"steps": 2, "loss": {"bbox": False}}, {"steps": 1, "loss": {"bbox": True, "mlm": False}}])
+    model = build(c)
+    seen: list[tuple[str, ...]] = []
+    forward = model.forward_pretrain
+
+    def record(batch, generator=None):
+        out = forward(batch, generator)
+        seen.append(tuple(sorted(k for k in out if k != "loss")))
+        return out
+    model.forward = record
+    trainer = Trainer(c, model, DistInfo())
+
+    def batches(start):
+        while True:
+            yield inputs(c, start)
+            start += 1
+    trainer.fit(batches)
+    assert seen == [("loss_itc", "loss_itm", "loss_mlm")] * 2 + [("loss_bbox", "loss_giou", "loss_itc", "loss_itm")]
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(e["stage"], e["step"]) for e in events if e.get("event") == "stage"] == [(0, 0), (1, 2)]
+    bad = copy.deepcopy(c)
+    bad["train"]["stages"] = [{"steps": 2, "loss": {"bbox": False}}]
+    with pytest.raises(ConfigError, match=r"train.stages: .* add up to 2, train.steps is 3"):
+        Trainer(bad, build(bad), DistInfo())
+    bad["train"]["stages"] = [{"steps": 3, "loss": {"box": False}}]
+    with pytest.raises(ConfigError, match=r"train.stages\[0\].loss"):
+        Trainer(bad, build(bad), DistInfo())
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    from dataset.synthetic import generate
+    return generate(tmp_path_factory.mktemp("syn"), seed=0)
+
+
+def test_every_task_script_runs_with_fiber(syn, tmp_path) -> None:
+    """Retrieval, VQA, NLVR2, grounding and captioning: the unchanged task scripts on their demo configs with
+    ``model.architecture=fiber`` (3 training steps, then their evaluation)."""
+    import Captioning
+    import Grounding
+    import NLVR
+    import Retrieval
+    import VQA
+    common = [f"data.root={syn['root']}", f"model.text.tokenizer={syn['vocab']}", "model.architecture=fiber",
+              "model.fiber.layers=1", "train.epochs=0", "train.steps=3"]
+    tasks = [
+        (Retrieval, "retrieval_demo", [f"data.finetune.train_file=[{syn['retrieval_train']}]",
+                                       f"data.finetune.test_file=[{syn['retrieval_test']}]", "eval.k_test=4"], [],
+         "test/txt_r1"),
+        (VQA, "vqa_demo", [f"data.finetune.train_file=[{syn['vqa_train']}]",
+                           f"data.finetune.test_file=[{syn['vqa_test']}]",
+                           f"data.finetune.answer_list={syn['answer_list']}"], [], "vqa_acc"),
+        (NLVR, "nlvr_demo", [f"data.finetune.train_file=[{syn['nlvr_train']}]",
+                             f"data.finetune.test_file=[{syn['nlvr_test']}]"], [], "test_acc"),
+        (Grounding, "grounding_demo", [f"data.finetune.train_file=[{syn['grounding_train']}]",
+                                       f"data.finetune.test_file=[{syn['grounding_test']}]"], [], "test/acc"),
+        (Captioning, "caption_demo", [f"data.finetune.train_file=[{syn['caption_train']}]",
+                                      f"data.finetune.test_file=[{syn['caption_test']}]", "caption.max_length=6"],
+         ["--metrics", "bleu", "--caption_tokenizer", "simple"], "test_Bleu_1"),
+    ]
+    for module, config, overrides, extra, metric in tasks:
+        torch.manual_seed(0)
+        argv = ["--config", str(ROOT / "configs" / "finetune" / f"{config}.yaml"), "--device", "cpu",
+                "--output_dir", str(tmp_path / config), *extra]
+        results = module.main(argv + [a for o in common + overrides for a in ("--override", o)])
+        assert metric in results, (config, sorted(results))
+
+
+@pytest.mark.slow
+def test_fiber_tiny_pretrains_to_zero_shot_retrieval_above_chance(syn, tmp_path) -> None:
+    """configs/pretrain/fiber_demo.yaml (coarse 200 steps → fine 100 steps) on the generated data, then the
+    zero-shot evaluation on the held-out split (Pretrain.py in a subprocess, as a user runs it; 3-9 min)."""
+    overrides = [f"data.root={syn['root']}", f"model.text.tokenizer={syn['vocab']}",
+                 f"data.train_file=[{syn['root']}/pretrain/image_text.jsonl]",
+                 f"data.train_file_regions=[{syn['root']}/pretrain/regions.jsonl]",
+                 f"eval.retrieval_file=[{syn['retrieval_test']}]", f"eval.grounding_file=[{syn['grounding_test']}]"]
+    cmd = [sys.executable, str(ROOT / "Pretrain.py"), "--config", str(ROOT / "configs/pretrain/fiber_demo.yaml"),
+           "--output_dir", str(tmp_path), "--device", "cpu"] + [a for o in overrides for a in ("--override", o)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    r = json.loads((tmp_path / "zero_shot.json").read_text())
+    print({k: round(v, 1) for k, v in r.items()})
+    # measured (2-core CPU, 300 steps): ITC R@1 text 58.3 / image 38.9 vs chance 8.3; the ITM rerank and the
+    # box head stay near their priors in 300 steps (as the X²-VLM tiny demo): not asserted
+    assert r["retrieval/itc_txt_r1"] > 3 * r["retrieval/chance_txt_r1"]
+    assert r["retrieval/itc_img_r1"] > 3 * r["retrieval/chance_img_r1"]
+
+
+def test_vqa_decoder_starts_from_the_fused_text_layers(cfg, tmp_path) -> None:
+    from models.checkpoint import save_checkpoint_weights
+    from models.vqa import X2VLMForVQA
+    pretrained = build(cfg)
+    save_checkpoint_weights(pretrained, tmp_path)
+    model = X2VLMForVQA.from_config(apply_overrides(cfg, [f"model.checkpoint={tmp_path / 'model.safetensors'}"]))
+    assert all(k.startswith("text_decoder.") for k in model.load_report.missing)  # the gates etc. all loaded
+    assert "fusion.text_cross.0.gate" in model.load_report.loaded
+    layers = model.text_decoder.layers
+    assert len(layers) == 2  # model.fiber.layers, the fused text layers
+    for i in range(2):
+        for key, value in model.text_encoder.encoder.layer[i].state_dict().items():
+            torch.testing.assert_close(layers[i].state_dict()[key], value)
