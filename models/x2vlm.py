@@ -359,11 +359,13 @@ class X2VLM(nn.Module):
             valid_t.append(ok_t)
             valid_i.append(ok_i)
         neg_image, valid_t, neg_text, valid_i = map(torch.cat, (neg_image, valid_t, neg_text, valid_i))
-        vision = torch.cat([concepts, concepts.index_select(0, neg_image), concepts])
-        vision_atts = torch.cat([concept_atts, concept_atts.index_select(0, neg_image), concept_atts])
+        # pairs (positive, negative image, negative text) read the n concepts by index: each concept's fusion
+        # keys/values are projected once, not once per pair
+        own = torch.arange(n, device=neg_image.device)
+        pair_image = torch.cat([own, neg_image, own])
         text = torch.cat([text_embeds, text_embeds, text_embeds.index_select(0, neg_text)])
         t_atts = torch.cat([text_atts, text_atts, text_atts.index_select(0, neg_text)])
-        logits = self.itm_logits(vision, vision_atts, text, t_atts)
+        logits = self.itm_logits(concepts, concept_atts, text, t_atts, image_index=pair_image)
         return L.itm_loss(logits, L.itm_labels(n, valid_t, valid_i))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
