@@ -25,7 +25,7 @@ from dataset.tasks import collate_dict
 from models.captioning import CaptionMLMCollate, X2VLMForCaptioning, prompt_token_ids
 from utils.caption_metrics import JAVA_METRICS, caption_scores, java_available, parse_metrics
 from utils.evaluation import progress_bar
-from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
+from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
 from utils.train_state import write_json_atomic
 
 log = logging.getLogger("x2vlm.captioning")
@@ -82,15 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = X2VLMForCaptioning.from_config(cfg)
     model.set_special_tokens(ctx.tokenizer)
     model.label_smoothing = settings["label_smoothing"]
-    if not args.evaluate:
-        train_set = create_dataset("captioning", cfg, "train", ctx.tokenizer, rank, world)
-        collate = CaptionMLMCollate(ctx.tokenizer, d["max_tokens"], d["max_masks"], d["mask_prob"], d["skipgram_prb"],
-                                    d["skipgram_size"], d["mask_whole_word"], ft["prompt"], settings["fg_free"])
-        loader = create_loader(train_set, ft["batch_size_train"], collate, d["num_workers"], True, rank, world,
-                               cfg["seed"])
-        finetune(ctx, model, loader)
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    collate = CaptionMLMCollate(ctx.tokenizer, d["max_tokens"], d["max_masks"], d["mask_prob"], d["skipgram_prb"],
+                                d["skipgram_size"], d["mask_whole_word"], ft["prompt"], settings["fg_free"])
+    train_task(ctx, model, "captioning", collate)
     prompt_ids = prompt_token_ids(ctx.tokenizer, ft["prompt"])
     results: dict = {}
     for split in ("val", "test"):

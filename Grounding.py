@@ -21,7 +21,7 @@ from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from models.grounding import X2VLMGrounding
 from utils.evaluation import evaluate_grounding
-from utils.task import finetune, finish, save_final_weights, setup_task, task_parser
+from utils.task import finish, setup_task, task_parser, train_task
 
 
 def split_names(files: list[str]) -> list[str]:
@@ -52,15 +52,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ctx = setup_task(task_parser(__doc__, "configs/finetune/grounding_demo.yaml").parse_args(argv))
     cfg = ctx.cfg
     model = X2VLMGrounding.from_config(cfg)
-    if not ctx.args.evaluate:
-        train_ds = create_dataset("grounding", cfg, "train", ctx.tokenizer)
-        collate = TokenizeCollate(collate_for("grounding"), ctx.tokenizer, cfg["data"]["max_tokens"],
-                                  {"text": "text"})
-        loader = create_loader(train_ds, cfg["data"]["finetune"]["batch_size_train"], collate,
-                               cfg["data"]["num_workers"], True, ctx.dist.rank, ctx.dist.world_size, cfg["seed"])
-        finetune(ctx, model, loader, evaluate=lambda: evaluate(ctx, model))
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    collate = TokenizeCollate(collate_for("grounding"), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
+    train_task(ctx, model, "grounding", collate, evaluate=lambda: evaluate(ctx, model))
     results = evaluate(ctx, model)
     return finish(ctx, "grounding", results)
 

@@ -20,7 +20,7 @@ from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from models.retrieval import X2VLMRetrieval
 from utils.evaluation import eval_settings, evaluate_retrieval
-from utils.task import finetune, finish, save_final_weights, setup_task, task_parser
+from utils.task import finish, setup_task, task_parser, train_task
 
 
 def evaluate(ctx, model, task: str) -> dict[str, float]:
@@ -58,15 +58,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = X2VLMRetrieval.from_config(cfg)
     if ctx.dist.is_main and getattr(model, "swap_report", None) is not None:
         print(model.swap_report)
-    if not ctx.args.evaluate:
-        ft = cfg["data"]["finetune"]
-        train_ds = create_dataset(task, cfg, "train", ctx.tokenizer)
-        collate = TokenizeCollate(collate_for(task), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
-        loader = create_loader(train_ds, ft["batch_size_train"], collate, cfg["data"]["num_workers"], True,
-                               ctx.dist.rank, ctx.dist.world_size, cfg["seed"])
-        finetune(ctx, model, loader, evaluate=lambda: evaluate(ctx, model, task))
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    collate = TokenizeCollate(collate_for(task), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
+    train_task(ctx, model, task, collate, evaluate=lambda: evaluate(ctx, model, task))
     results = evaluate(ctx, model, task)
     return finish(ctx, "retrieval", results)
 

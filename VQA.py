@@ -19,7 +19,7 @@ from dataset.collate import TokenizeCollate
 from models.vqa import X2VLMForVQA
 from utils.dist import cleanup
 from utils.evaluation import progress_bar
-from utils.task import finetune, gather_unique, save_final_weights, setup_task, task_parser, write_results
+from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
 from utils.train_state import write_json_atomic
 from utils.vqa_metrics import best_constant_accuracy, vqa_accuracy
 
@@ -55,15 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = X2VLMForVQA.from_config(cfg)
     if ctx.dist.is_main and getattr(model, "load_report", None) is not None:
         print(model.load_report)
-    if not args.evaluate:
-        train_set = create_dataset("vqa", cfg, "train", ctx.tokenizer, rank, world)
-        collate = TokenizeCollate(collate_train, ctx.tokenizer, d["max_tokens"],
-                                  {"question": "text", "answers": "answer"})
-        loader = create_loader(train_set, ft["batch_size_train"], collate, d["num_workers"], True, rank, world,
-                               cfg["seed"])
-        finetune(ctx, model, loader)
-        save_final_weights(ctx, model)
-    model.to(ctx.dist.device)
+    collate = TokenizeCollate(collate_train, ctx.tokenizer, d["max_tokens"], {"question": "text", "answers": "answer"})
+    train_task(ctx, model, "vqa", collate)
     test_set = create_dataset("vqa", cfg, "test", ctx.tokenizer, rank, world)
     if not test_set.answer_list:
         raise SystemExit("VQA.py: the evaluation ranks data.finetune.answer_list, which is not set or empty")
