@@ -192,7 +192,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
             texts += [q, a]
         for k, s in enumerate(shapes):
             other = shapes[1] if k == 0 else shapes[0]
-            ref = f"the {s.name} {relation(s, other)} the {other.name}"
+            ref = f"{s.name} {relation(s, other)} the {other.name}"  # worded like the pretraining region texts
             texts.append(ref)
             row = {"image": rel, "text": ref, "ref_id": i * 10 + k, "bbox": list(s.box)}
             (ground_test if test else ground_train).append(row)

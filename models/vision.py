@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from timm.models.beit import Beit
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -11,8 +12,9 @@ from torch.utils.checkpoint import checkpoint
 
 class BEiT2VisionEncoder(Beit):
     """BEiT-2 ViT as X²-VLM uses it: relative position bias per block, layer scale, no absolute positions
-    (``abs_pos_emb=True`` adds timm's learned absolute position embedding, for small models trained from
-    scratch, where a two-block encoder cannot tell where a patch is from relative biases alone).
+    (``abs_pos_emb=True`` adds a learned absolute position embedding, initialised as the 2-D sin-cos table of
+    MAE, for small models trained from scratch: a two-block encoder cannot tell where a patch is from relative
+    biases alone, and a near-zero random table leaves box regression stuck at the mean box for a long time).
 
     The transformer's own [CLS] token is dropped after the last block; the patch tokens go through
     ``fc_norm`` and the concept's [CLS] is their mean. Output: ``(B, 1 + num_patches, width)``.
@@ -32,6 +34,10 @@ class BEiT2VisionEncoder(Beit):
         self.grid_size = self.patch_embed.grid_size[0]
         if self.patch_embed.grid_size[0] != self.patch_embed.grid_size[1]:
             raise ValueError("only square inputs are supported")
+        if self.pos_embed is not None:
+            with torch.no_grad():  # [CLS] position 0, patches the 2-D sin-cos table
+                self.pos_embed.zero_()
+                self.pos_embed[0, 1:] = build_sincos2d_pos_embed([self.grid_size] * 2, width)
 
     @property
     def num_patches(self) -> int:

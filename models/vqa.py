@@ -85,16 +85,16 @@ class AnswerDecoder(nn.Module):
         self.bert = _DecoderBody(tc, num_layers, context_width)
         self.cls = MLMHead(tc.hidden_size, tc.vocab_size, act=tc.hidden_act, eps=tc.layer_norm_eps)
         self.cls.tie_to(self.bert.embeddings.word_embeddings)
-        self._init_weights()
+        self._init_weights(tc.initializer_range)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, std: float) -> None:
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
+                nn.init.normal_(m.weight, std=std)
                 if m.padding_idx is not None:
                     with torch.no_grad():
                         m.weight[m.padding_idx].zero_()

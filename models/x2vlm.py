@@ -124,9 +124,13 @@ class X2VLM(nn.Module):
         return model
 
     def _init_new_modules(self) -> None:
+        """BERT-style init of the fusion, projections and heads: normal weights with the text config's
+        ``initializer_range`` (0.02 in BERT and the official code), zero biases, unit LayerNorms."""
+        std = self.text_encoder.config.initializer_range
+
         def init(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):

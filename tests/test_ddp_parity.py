@@ -39,6 +39,10 @@ def test_two_processes_match_one(tmp_path: Path, grad_accum: int) -> None:
     assert single["log"][-1]["loss"] != pytest.approx(single["log"][0]["loss"], rel=1e-3)  # it trained
     changed = 0
     for name, p in single["params"].items():
+        if name.endswith("key.bias"):
+            # softmax ignores a key bias (it shifts every logit of a row equally): its true gradient is 0, the
+            # computed one is rounding noise that Adam's normalisation turns into lr-sized steps of any sign
+            continue
         torch.testing.assert_close(double["params"][name], p, atol=1e-6, rtol=1e-5, msg=name)
         changed += 1
     assert changed > 50

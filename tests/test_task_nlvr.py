@@ -30,10 +30,10 @@ def synth(tmp_path_factory) -> dict[str, str]:
 
 
 def _colours(grounding_file: str) -> dict[str, set[str]]:
-    """Image path → colours of its shapes (grounding texts read "the <colour> <kind> ...")."""
+    """Image path → colours of its shapes (grounding texts read "<colour> <kind> ...")."""
     out: dict[str, set[str]] = {}
     for row in json.loads(Path(grounding_file).read_text()):
-        out.setdefault(row["image"], set()).add(row["text"].split()[1])
+        out.setdefault(row["image"], set()).add(row["text"].split()[0])
     return out
 
 
