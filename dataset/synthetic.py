@@ -1,6 +1,6 @@
 """A small deterministic dataset of coloured shapes, written in every annotation format this package reads.
 
-``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 48] [--videos 48]`` writes, under OUT_DIR:
+``python -m dataset.synthetic OUT_DIR [--seed 0] [--images 600] [--videos 48]`` writes, under OUT_DIR:
 
 * ``images/*.jpg`` scenes of 2–3 non-overlapping shapes, ``frames/vid_k/*.jpg`` + ``videos/vid_k.mp4``
   (PyAV; skipped if missing) of one moving shape;
@@ -353,7 +353,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="folder to write (e.g. data/synthetic, which the demo configs read)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    p.add_argument("--images", type=int, default=48, help="scenes to draw (a quarter are held out as test)")
+    p.add_argument("--images", type=int, default=600,
+                   help="scenes to draw (a quarter are held out as test; 600: the demos' size; the tests call "
+                        "generate(), whose default is 48)")
     p.add_argument("--videos", type=int, default=48,
                    help="videos of one moving shape (a quarter held out; the video demos use 48)")
     args = p.parse_args()

@@ -16,7 +16,7 @@ import Grounding
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "finetune" / "grounding_demo.yaml"
-STEPS = 100
+STEPS = 600
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def syn(tmp_path_factory):
     RefCOCO+'s testA / testB."""
     from dataset.synthetic import generate
     root = tmp_path_factory.mktemp("syn")
-    files = generate(root, seed=0, n_videos=0)
+    files = generate(root, seed=0, n_images=400, n_videos=0)  # 300 training images, 100 held out
     rows = json.loads(Path(files["grounding_test"]).read_text())
     half = len(rows) // 2
     for name, part in (("val", rows), ("testA", rows[:half]), ("testB", rows[half:])):
@@ -87,11 +87,10 @@ def test_finetune_boxes_beat_constant_box(syn, finetuned):
     assert all(0 <= v <= 100 and math.isfinite(v) for v in r.values())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == STEPS and log[-1]["loss_giou"] < log[0]["loss_giou"]
-    # 32 held-out expressions (12 images). The predicted boxes overlap their targets far better than the best
-    # constant box (whole image, or centred box of the mean size). Hitting IoU >= 0.5 (acc) on unseen images
-    # takes a from-scratch tiny model much longer than a unit test can train (0 after 600 steps, too), so acc
-    # is only checked for range here; the acc arithmetic itself is tested in test_evaluation.py.
-    assert r["val/miou"] >= 1.5 * r["val/chance_miou"]
+    # ~250 held-out expressions (100 images). Measured (seed 0, 600 steps, lr 5e-4): acc 12.0 vs 1.5 for the best
+    # constant box, mIoU 26.2 vs 6.1; it keeps rising with more steps (52.7 acc after 2100 steps on 2000 images).
+    assert r["val/acc"] >= 3 * r["val/chance_acc"] and r["val/acc"] >= 5.0, r
+    assert r["val/miou"] >= 2 * r["val/chance_miou"], r
     n = {s: len(json.loads(Path(syn[s]).read_text())) for s in ("testA", "testB")}
     pooled = sum(r[f"{s}/miou"] * k for s, k in n.items()) / sum(n.values())  # the halves pool back to val
     assert pooled == pytest.approx(r["val/miou"], abs=1e-3)
