@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.box_png:
         xyxy = list(vlm.ground(image, args.text))
         drawn = image.convert("RGB")
-        ImageDraw.Draw(drawn).rectangle([round(v) for v in xyxy], outline=(255, 0, 0), width=max(1, min(image.size) // 100))
+        ImageDraw.Draw(drawn).rectangle([round(v) for v in xyxy], outline=(255, 0, 0),
+                                        width=max(1, min(image.size) // 100))
         drawn.save(args.box_png)
         out["box_pixels"] = xyxy
         print("box (x0, y0, x1, y1): " + ", ".join(f"{v:.1f}" for v in xyxy) + f" -> {args.box_png}")
