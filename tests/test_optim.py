@@ -29,6 +29,21 @@ def test_param_groups_cover_every_parameter_once(tiny_model: X2VLM) -> None:
     assert by_param[id(named["vision_proj.weight"])]["lr"] == pytest.approx(1e-4)
 
 
+def test_cross_modal_multiplier_stacks_with_the_fresh_one(tiny_model: X2VLM) -> None:
+    fresh = {"fusion.layer.0.crossattention.self.key.weight", "bbox_head.0.weight"}
+    groups = param_groups(tiny_model, lr=1e-4, weight_decay=0.05, lr_mult=3.0, fresh=fresh, cross_modal_lr_mult=5.0)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    named = dict(tiny_model.named_parameters())
+    lr = {n: by_param[id(named[n])]["lr"] for n in (*fresh, "fusion.layer.1.output.dense.weight",
+                                                       "fusion.layer.1.output.dense.bias", "text_proj.weight")}
+    assert lr == pytest.approx({"fusion.layer.0.crossattention.self.key.weight": 1.5e-3, "bbox_head.0.weight": 3e-4,
+                                "fusion.layer.1.output.dense.weight": 5e-4, "fusion.layer.1.output.dense.bias": 5e-4,
+                                "text_proj.weight": 1e-4})
+    assert by_param[id(named["fusion.layer.1.output.dense.bias"])]["weight_decay"] == 0.0
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(tiny_model.parameters()))
+
+
 def test_linear_warmup_then_decay() -> None:
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)

@@ -1,4 +1,4 @@
-"""AdamW with weight-decay groups and a learning-rate multiplier for freshly initialised parameters,
+"""AdamW with weight-decay groups and learning-rate multipliers (freshly initialised, cross-modal parameters),
 and the linear warm-up / linear decay schedule of the official recipe."""
 from __future__ import annotations
 
@@ -16,25 +16,29 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or any(marker in name for marker in NO_DECAY_MARKERS)
 
 
+def is_cross_modal(name: str) -> bool:
+    """Parameters under ``fusion.``: X²-VLM's fusion layers, FIBER's gated cross-attentions."""
+    return name.removeprefix("module.").startswith("fusion.")
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: float = 1.0,
-                 fresh: set[str] | None = None) -> list[dict]:
-    """Four groups: {decay, no decay} × {pretrained (lr), fresh (lr × lr_mult)}; empty groups dropped."""
+                 fresh: set[str] | None = None, cross_modal_lr_mult: float = 1.0) -> list[dict]:
+    """Groups by weight decay (on / off) and learning rate: ``lr`` × (``lr_mult`` if freshly initialised) ×
+    (``cross_modal_lr_mult`` if cross-modal, see :func:`is_cross_modal`); empty groups dropped."""
     fresh = fresh or set()
-    groups: dict[tuple[bool, bool], list] = {(d, f): [] for d in (True, False) for f in (True, False)}
+    groups: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups[(not no_weight_decay(name, param), name in fresh)].append(param)
-    out = []
-    for (decay, is_fresh), params in groups.items():
-        if params:
-            out.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
-                        "lr": lr * (lr_mult if is_fresh else 1.0)})
-    return out
+            factor = (lr_mult if name in fresh else 1.0) * (cross_modal_lr_mult if is_cross_modal(name) else 1.0)
+            groups.setdefault((not no_weight_decay(name, param), factor), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * factor}
+            for (decay, factor), params in groups.items()]
 
 
 def build_optimizer(model: nn.Module, opt_cfg: dict, fresh: set[str] | None = None) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`; fused kernels on CUDA when available."""
-    groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg.get("lr_mult", 1.0), fresh)
+    groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg.get("lr_mult", 1.0), fresh,
+                          opt_cfg.get("cross_modal_lr_mult", 1.0))
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
                              eps=opt_cfg.get("eps", 1e-8), fused=on_cuda or None)
