@@ -88,3 +88,24 @@ def make_batch(tiny_cfg: dict) -> Callable[..., dict[str, Any]]:
     def make(**kwargs: Any) -> dict[str, Any]:
         return random_batch(kwargs.pop("cfg", tiny_cfg), **kwargs)
     return make
+
+
+def run_pretrain_demo(config: str, out: Path, n_images: int = 600, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """``Pretrain.py --config configs/pretrain/<config>`` in a subprocess (as a user runs it) on a fresh generated
+    set of ``n_images`` images; returns its ``zero_shot.json``."""
+    import json
+    import subprocess
+
+    from dataset.synthetic import generate
+    files = generate(out / "syn", seed=0, n_images=n_images, n_videos=0)
+    root = files["root"]
+    overrides = [f"data.root={root}", f"model.text.tokenizer={files['vocab']}",
+                 f"data.train_file=[{root}/pretrain/image_text.jsonl]",
+                 f"data.train_file_regions=[{root}/pretrain/regions.jsonl]",
+                 f"eval.retrieval_file=[{files['retrieval_test']}]", f"eval.grounding_file=[{files['grounding_test']}]",
+                 *extra]
+    cmd = [sys.executable, str(ROOT / "Pretrain.py"), "--config", str(ROOT / "configs" / "pretrain" / config),
+           "--output_dir", str(out / "run"), "--device", "cpu"] + [a for o in overrides for a in ("--override", o)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "run" / "zero_shot.json").read_text())

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from models.x2vlm import X2VLM
-from tests.conftest import ROOT, random_batch
+from tests.conftest import ROOT, random_batch, run_pretrain_demo
 from utils.config import ConfigError, apply_overrides, load_config
 from utils.dist import DistInfo
 from utils.trainer import Trainer
@@ -231,16 +229,7 @@ def test_every_task_script_runs_with_fiber(syn, tmp_path) -> None:
 def test_fiber_tiny_pretrains_to_zero_shot_retrieval_above_chance(tmp_path) -> None:
     """configs/pretrain/fiber_demo.yaml (coarse 400 steps → fine 600 steps) on the 600-image generated set, then
     the zero-shot evaluation on the 150 held-out images (Pretrain.py in a subprocess, as a user runs it; ~6 min)."""
-    from dataset.synthetic import generate
-    syn = generate(tmp_path / "syn", seed=0, n_images=600, n_videos=0)
-    overrides = [f"data.root={syn['root']}", f"model.text.tokenizer={syn['vocab']}",
-                 f"data.train_file=[{syn['root']}/pretrain/image_text.jsonl]",
-                 f"data.train_file_regions=[{syn['root']}/pretrain/regions.jsonl]",
-                 f"eval.retrieval_file=[{syn['retrieval_test']}]", f"eval.grounding_file=[{syn['grounding_test']}]"]
-    cmd = [sys.executable, str(ROOT / "Pretrain.py"), "--config", str(ROOT / "configs/pretrain/fiber_demo.yaml"),
-           "--output_dir", str(tmp_path / "out"), "--device", "cpu"] + [a for o in overrides for a in ("--override", o)]
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
-    r = json.loads((tmp_path / "out" / "zero_shot.json").read_text())
+    r = run_pretrain_demo("fiber_demo.yaml", tmp_path)
     print({k: round(v, 1) for k, v in r.items()})
     # measured (2-core CPU, 1000 steps): ITC R@1 text 13.3 / image 10.4 vs chance 0.7. The zero-shot box stays at
     # chance (acc 0.5 vs 1.6: the gates reach only 0.10 / -0.21, see the README's FIBER section): not asserted
