@@ -36,6 +36,7 @@ from torch import nn
 
 from models.fusion import FusionEncoder
 from models.heads import MLMHead
+from models.weight_init import bert_init_
 from models.x2vlm import X2VLM
 
 _ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -89,18 +90,7 @@ class AnswerDecoder(nn.Module):
 
     def _init_weights(self, std: float) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=std)
-                if m.padding_idx is not None:
-                    with torch.no_grad():
-                        m.weight[m.padding_idx].zero_()
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            bert_init_(m, std)
         nn.init.zeros_(self.cls.predictions.bias)
 
     @property

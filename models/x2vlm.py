@@ -17,6 +17,7 @@ draws so they are reproducible and identical however the global batch is split o
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from models.fusion import FusionEncoder
 from models.heads import MLMHead, build_mlp
 from models.text import build_text_encoder, swap_mode
 from models.vision import BEiT2VisionEncoder, box_patch_mask, region_concepts
+from models.weight_init import bert_init_
 
 
 def _model_section(cfg: dict) -> dict:
@@ -126,16 +128,7 @@ class X2VLM(nn.Module):
     def _init_new_modules(self) -> None:
         """BERT-style init of the fusion, projections and heads: normal weights with the text config's
         ``initializer_range`` (0.02 in BERT and the official code), zero biases, unit LayerNorms."""
-        std = self.text_encoder.config.initializer_range
-
-        def init(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init = partial(bert_init_, std=self.text_encoder.config.initializer_range)
         for module in (self.fusion, self.vision_proj, self.text_proj, self.itm_head, self.bbox_head,
                        self.mlm_head.predictions.transform):
             module.apply(init)

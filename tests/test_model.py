@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from models import losses as L
 from models.vision import box_patch_mask
@@ -332,3 +333,18 @@ def test_itm_negatives_stay_in_their_group_and_follow_the_seed(tiny_cfg: dict, m
     assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(drawn[0], drawn[2], strict=True))
     with pytest.raises(ValueError, match="itm_neg_group=4"):
         X2VLM.from_config(apply_overrides(tiny_cfg, ["loss.itm_neg_group=4"])).forward_pretrain(batch)
+
+
+def test_bert_init_sets_each_module_kind() -> None:
+    from models.weight_init import bert_init_
+    torch.manual_seed(0)
+    lin, emb, norm = nn.Linear(256, 256), nn.Embedding(300, 64, padding_idx=0), nn.LayerNorm(8)
+    with torch.no_grad():
+        norm.weight.fill_(3.0)
+        norm.bias.fill_(1.0)
+    for m in (lin, emb, norm):
+        bert_init_(m, std=0.125)
+    assert float(lin.weight.std()) == pytest.approx(0.125, rel=0.05)
+    assert float(lin.weight.abs().max()) <= 2.0 + 1e-6 and not lin.bias.any()
+    assert float(emb.weight[1:].std()) == pytest.approx(0.125, rel=0.05) and not emb.weight[0].any()
+    assert torch.equal(norm.weight, torch.ones(8)) and not norm.bias.any()

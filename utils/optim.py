@@ -18,7 +18,7 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 def is_cross_modal(name: str) -> bool:
     """Parameters under ``fusion.``: X²-VLM's fusion layers, FIBER's gated cross-attentions."""
-    return name.removeprefix("module.").startswith("fusion.")
+    return name.startswith("fusion.")
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: float = 1.0,
