@@ -104,6 +104,11 @@ def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
 def paired_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Generalised IoU of matching rows of two ``(N, 4)`` xyxy box sets."""
     area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp_min(0) * (boxes1[:, 3] - boxes1[:, 1]).clamp_min(0)
@@ -131,3 +136,14 @@ def bbox_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     l1 = (F.l1_loss(pred, target, reduction="none").sum(1) * w).sum() / num
     giou = ((1 - paired_giou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))) * w).sum() / num
     return l1, giou
+
+
+def patch_alignment_loss(scores: torch.Tensor, inside: torch.Tensor, weight: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """Cross-entropy between the softmax over patches of text–patch alignment ``scores`` ``(N, P)`` and the
+    uniform distribution over the patches the target box covers (``inside`` ``(N, P)``, e.g.
+    :func:`models.vision.box_patch_mask` without its [CLS] column); ``weight`` ``(N,)`` as in :func:`bbox_loss`."""
+    target = inside.float() / inside.float().sum(1, keepdim=True).clamp_min(1.0)
+    per_row = -(target * scores.float().log_softmax(-1)).sum(1)
+    w = torch.ones_like(per_row) if weight is None else weight.float()
+    return (per_row * w).sum() / w.sum().clamp_min(1.0)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import losses as L
-from models.fiber import FiberFusion, fiber_layers
+from models.fiber import FiberBoxHead, FiberFusion, fiber_layers
 from models.fusion import FusionEncoder
 from models.heads import MLMHead, build_mlp
 from models.text import build_text_encoder, swap_mode
@@ -74,7 +74,9 @@ class X2VLM(nn.Module):
         self.text_proj = nn.Linear(self.text_width, model_cfg["embed_dim"])
         self.temp = nn.Parameter(torch.tensor(float(model_cfg["temp"])))
         self.itm_head = build_mlp(self.text_width, 2)
-        self.bbox_head = build_mlp(self.text_width, 4)
+        # X²-VLM: box from the fusion [CLS]; FIBER: from the fused image patches, weighted by text alignment
+        self.bbox_head = (FiberBoxHead(self.vision_width, self.text_width) if self.architecture == "fiber"
+                          else build_mlp(self.text_width, 4))
         if model_cfg.get("max_frames", 0) > 0:
             self.absolute_frame_pos_embed = nn.Parameter(
                 torch.zeros(1, model_cfg["max_frames"], 1, self.vision_width))
@@ -279,7 +281,27 @@ class X2VLM(nn.Module):
     def predict_boxes(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
                       text_atts: torch.Tensor | None) -> torch.Tensor:
         """Box ``(B, 4)`` normalised (cx, cy, w, h) of the text's referent, from whole-image tokens."""
-        return self.bbox_head(self.fuse(image_embeds, None, text_embeds, text_atts)[:, 0]).sigmoid()
+        return self._boxes_and_scores(image_embeds, text_embeds, text_atts)[0]
+
+    def _boxes_and_scores(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                          text_atts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predicted boxes and (FIBER) the text–patch alignment scores ``(B, P)`` (``None`` for X²-VLM)."""
+        if self.fiber:
+            text, image = self.fusion(text_embeds, text_atts, image_embeds, None, return_image=True,
+                                      vision_encoder=self.vision_encoder, text_encoder=self.text_encoder)
+            return self.bbox_head(image, text[:, 0])
+        return self.bbox_head(self.fuse(image_embeds, None, text_embeds, text_atts)[:, 0]).sigmoid(), None
+
+    def box_losses(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_atts: torch.Tensor | None,
+                   target: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``loss_bbox`` (L1) and ``loss_giou`` of the predicted boxes against ``target`` (N, 4) (cx, cy, w, h),
+        over the rows where ``weight`` (N,) is 1; FIBER adds ``loss_align``, the patch alignment loss."""
+        pred, scores = self._boxes_and_scores(image_embeds, text_embeds, text_atts)
+        out = dict(zip(("loss_bbox", "loss_giou"), L.bbox_loss(pred, target, weight), strict=True))
+        if scores is not None:
+            inside = box_patch_mask(target, self.grid_size)[:, 1:]
+            out["loss_align"] = L.patch_alignment_loss(scores, inside, weight)
+        return out
 
     def mlm_logits(self, fused: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits ``(B, M, V)`` at ``positions`` (B, M) of the fusion output."""
@@ -332,9 +354,7 @@ class X2VLM(nn.Module):
             fused = self.fuse(concepts, concept_atts, masked, text_atts)
             out["loss_mlm"] = L.mlm_loss(self.mlm_logits(fused, batch["mlm_positions"]), batch["mlm_labels"])
         if cfg.get("bbox", True) and batch.get("boxes") is not None:
-            pred = self.predict_boxes(full, text_embeds, text_atts)
-            weight = batch.get("is_region")
-            out["loss_bbox"], out["loss_giou"] = L.bbox_loss(pred, batch["boxes"], weight)
+            out |= self.box_losses(full, text_embeds, text_atts, batch["boxes"], batch.get("is_region"))
         out["loss"] = sum(out.values()) if out else torch.zeros((), device=text_ids.device)
         return out
 

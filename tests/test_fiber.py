@@ -1,11 +1,13 @@
 """FIBER-style fusion in the backbone (models/fiber.py, ``model.architecture: fiber``): gate-zero equivalence
 with the plain backbones, the effect of open gates, no future-token leak under the causal mask, per-text image
-selection, every task script on its demo config, train.stages switching the losses, and (slow) the tiny preset
-pretraining on the generated data to zero-shot retrieval above chance."""
+selection, the box head on the fused image patches, every task script on its demo config, train.stages switching
+the losses, and (slow) the tiny preset pretraining on the generated data to zero-shot retrieval and grounding above
+chance."""
 from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -184,6 +186,58 @@ def test_stages_switch_the_losses(cfg, tmp_path) -> None:
     bad["train"]["stages"] = [{"steps": 3, "loss": {"box": False}}]
     with pytest.raises(ConfigError, match=r"train.stages\[0\].loss"):
         Trainer(bad, build(bad), DistInfo())
+
+
+def test_fiber_box_head_weights_the_patch_boxes_by_text_alignment() -> None:
+    from models.fiber import FiberBoxHead
+    assert FiberBoxHead.patch_centres(4, torch.device("cpu")).tolist() == [
+        [0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+    head = FiberBoxHead(vision_width=8, text_width=6)
+    with torch.no_grad():  # every patch box: its centre ± 0.1 (sigmoid(logit 0.1) on each side)
+        head.box[3].weight.zero_()
+        head.box[3].bias.fill_(math.log(0.1 / 0.9))
+        for m in (head.image_align, head.text_align):
+            m.weight.zero_()
+            m.bias.zero_()
+    tokens, text = torch.randn(2, 5, 8), torch.randn(2, 6)
+    box, scores = head(tokens, text)
+    assert scores.shape == (2, 4) and torch.equal(scores, torch.zeros(2, 4))
+    # equal scores: the mean of the four patch boxes, xyxy (0.4, 0.4, 0.6, 0.6)
+    torch.testing.assert_close(box, torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2))
+    with torch.no_grad():  # the score reads feature 0 of a patch: patch 3 of image 0 and patch 1 of image 1 win
+        head.image_align.weight[0, 0] = 1.0
+        head.text_align.bias[0] = 100.0
+        tokens[..., 0] = 0.0
+        tokens[0, 1 + 3, 0] = tokens[1, 1 + 1, 0] = 5.0
+    box, scores = head(tokens, text)
+    assert scores.argmax(-1).tolist() == [3, 1]
+    torch.testing.assert_close(box, torch.tensor([[0.75, 0.75, 0.2, 0.2], [0.75, 0.25, 0.2, 0.2]]))
+
+
+def test_fiber_grounding_losses_train_the_box_head_and_the_fusion(cfg) -> None:
+    from models.grounding import X2VLMGrounding
+    torch.manual_seed(0)
+    model = X2VLMGrounding.from_config(cfg)
+    b = inputs(cfg)
+    batch = {"image": b["images"][:2], "text_ids": b["text_ids"][:2], "text_atts": b["text_atts"][:2],
+             "target_bbox": torch.tensor([[0.3, 0.3, 0.2, 0.4], [0.7, 0.6, 0.3, 0.2]])}
+    out = model(batch)
+    assert set(out) == {"loss", "loss_bbox", "loss_giou", "loss_align"}
+    torch.testing.assert_close(out["loss"], out["loss_bbox"] + out["loss_giou"] + out["loss_align"])
+    out["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("bbox_head.box.0.weight", "bbox_head.image_align.weight", "bbox_head.text_align.weight",
+                 "fusion.text_cross.0.gate", "fusion.image_cross.1.gate", "vision_encoder.patch_embed.proj.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    assert grads["itm_head.0.weight"] is None
+    model.eval()
+    with torch.no_grad():  # inference: the same box the loss saw
+        emb, _ = model.encode_image(batch["image"])
+        text = model.encode_text(batch["text_ids"], batch["text_atts"])
+        pred = model.predict_boxes(emb, text, batch["text_atts"])
+        again = model.box_losses(emb, text, batch["text_atts"], batch["target_bbox"])
+    assert pred.shape == (2, 4) and ((pred >= 0) & (pred <= 1)).all()
+    torch.testing.assert_close(again["loss_bbox"], out["loss_bbox"])
 
 
 @pytest.fixture(scope="module")

@@ -380,3 +380,23 @@ def test_bbox_loss_hand_cases() -> None:
     pred = pred.clone().requires_grad_(True)
     sum(L.bbox_loss(pred, target)).backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_box_xyxy_to_cxcywh_inverts_cxcywh_to_xyxy() -> None:
+    boxes = _random_cxcywh(20, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(L.box_xyxy_to_cxcywh(L.box_cxcywh_to_xyxy(boxes)), boxes)
+    assert L.box_xyxy_to_cxcywh(torch.tensor([0.1, 0.2, 0.5, 0.8])).tolist() == pytest.approx([0.3, 0.5, 0.4, 0.6])
+
+
+def test_patch_alignment_loss_by_hand() -> None:
+    scores = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0]])
+    inside = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0]], dtype=torch.bool)
+    rows = [_ce(scores[i].tolist(), (inside[i] / inside[i].sum()).tolist()) for i in range(3)]
+    assert L.patch_alignment_loss(scores, inside).item() == pytest.approx(sum(rows) / 3, abs=1e-6)
+    weight = torch.tensor([1.0, 0.0, 1.0])  # the middle row does not count
+    assert L.patch_alignment_loss(scores, inside, weight).item() == pytest.approx((rows[0] + rows[2]) / 2, abs=1e-6)
+    # uniform target over k covered patches: the loss is smallest (log k) when the scores are equal on them and
+    # -inf elsewhere, so it never pushes the weight onto one covered patch
+    peaked = torch.tensor([[50.0, 50.0, -50.0, -50.0]])
+    assert L.patch_alignment_loss(peaked, inside[:1]).item() == pytest.approx(math.log(2), abs=1e-5)
+    assert L.patch_alignment_loss(torch.zeros(1, 4, requires_grad=True), inside[:1]).item() > math.log(2) + 0.1

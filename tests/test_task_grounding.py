@@ -116,3 +116,18 @@ def test_recipe_config_carries_official_numbers():
     assert (cfg["train"]["epochs"], cfg["scheduler"]["name"], cfg["scheduler"]["warmup"]) == (10, "linear", 0.1)
     ft = cfg["data"]["finetune"]
     assert Grounding.split_names(ft["val_file"] + ft["test_file"]) == ["val", "testA", "testB"]
+
+
+@pytest.mark.slow
+def test_fiber_finetune_boxes_beat_constant_box(syn, tmp_path):
+    """The same fine-tune with ``model.architecture=fiber`` (one fused layer): the box comes from the fused image
+    patches weighted by their alignment with the expression (models.fiber.FiberBoxHead); ~3 min."""
+    torch.manual_seed(0)
+    r = Grounding.main(demo_args(syn, tmp_path, *[a for o in ("train.epochs=0", f"train.steps={STEPS}",
+                                                              "model.architecture=fiber", "model.fiber.layers=1")
+                                                  for a in ("--override", o)]))
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert "loss_align" in log[-1] and log[-1]["loss_align"] < log[0]["loss_align"]
+    # measured (seed 0, 600 steps, 400-image set): acc 26.3 vs 1.5 for the best constant box, mIoU 36.1 vs 6.1
+    assert r["val/acc"] >= 5 * r["val/chance_acc"] and r["val/acc"] >= 10.0, r
+    assert r["val/miou"] >= 3 * r["val/chance_miou"], r
