@@ -1,5 +1,6 @@
 """Referring-expression grounding (RefCOCO+): fine-tune the bbox head (L1 + GIoU) on the fusion [CLS] of the
-whole image and the expression, then score accuracy (IoU >= 0.5) on each evaluation file.
+whole image and the expression (FIBER: on the fused image patches, plus its alignment loss), then score accuracy
+(IoU >= 0.5) on each evaluation file.
 
     python Grounding.py --config configs/finetune/grounding_demo.yaml                    # CPU demo
     python run.py --task grounding --dist 8 --config configs/finetune/grounding_refcoco_plus.yaml \\
