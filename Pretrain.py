@@ -17,6 +17,7 @@ from models.x2vlm import X2VLM
 from utils.config import add_config_args, config_from_args, save_config
 from utils.dist import cleanup, init_distributed
 from utils.evaluation import format_results, zero_shot_eval
+from utils.task import report_weights
 from utils.train_state import write_json_atomic
 from utils.trainer import Trainer
 
@@ -47,6 +48,7 @@ def main() -> None:
         save_config(cfg, cfg["output_dir"])
     tokenizer = load_tokenizer(cfg)
     model = X2VLM.from_config(cfg)
+    report_weights(model, dist_info.is_main, cfg["output_dir"])
     if len(tokenizer) > model.text_encoder.config.vocab_size:
         raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but model.text.config.vocab_size is "
                          f"{model.text_encoder.config.vocab_size}")

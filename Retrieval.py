@@ -1,5 +1,7 @@
 """Image-text retrieval (COCO, Flickr30k; video-text with --video): fine-tune with ITC + ITM, then rank the
 test split by ITC similarity and re-rank each query's ``eval.k_test`` best candidates by the ITM head.
+Scores are float32 and ties (common with a bf16 model) follow one rule in the top-k selection and in recall:
+among equal scores the candidate with the lower index (earlier in the evaluation file) ranks first.
 
     python Retrieval.py --config configs/finetune/retrieval_demo.yaml                   # CPU demo
     python run.py --task retrieval --dist 8 --config configs/finetune/retrieval_coco.yaml \\
@@ -20,7 +22,7 @@ from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from models.retrieval import X2VLMRetrieval
 from utils.evaluation import eval_settings, evaluate_retrieval
-from utils.task import finish, setup_task, task_parser, train_task
+from utils.task import build_model, finish, setup_task, task_parser, train_task
 
 
 def evaluate(ctx, model, task: str) -> dict[str, float]:
@@ -55,9 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ctx = setup_task(parser.parse_args(argv))
     video = ctx.args.video or ctx.cfg["data"]["finetune"]["is_video"]
     cfg, task = ctx.cfg, "video_retrieval" if video else "retrieval"
-    model = X2VLMRetrieval.from_config(cfg)
-    if ctx.dist.is_main and getattr(model, "swap_report", None) is not None:
-        print(model.swap_report)
+    model = build_model(ctx, X2VLMRetrieval)
     collate = TokenizeCollate(collate_for(task), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
     train_task(ctx, model, task, collate, evaluate=lambda: evaluate(ctx, model, task))
     results = evaluate(ctx, model, task)

@@ -7,8 +7,10 @@
 
 Writes ``output_dir/vqa_result.json`` in the submission format ``[{"question_id", "answer"}]`` (for VQA v2
 test-dev: upload it to the evaluation server) and, when the test file carries annotator answers,
-``vqa_eval.json`` with the VQA accuracy, exact-match accuracy and the best constant answer's accuracy
-(the chance level), all in percent (utils/vqa_metrics.py). ``--evaluate`` skips the fine-tuning.
+``vqa_eval.json`` with the VQA accuracy (the official evaluation's rule, on the annotator answers as the file
+has them; the official tool reports it rounded to 2 decimals, we keep the float), exact-match accuracy and
+the best constant answer's accuracy (the chance level), all in percent (utils/vqa_metrics.py).
+``--evaluate`` skips the fine-tuning.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataset.collate import TokenizeCollate
 from models.vqa import X2VLMForVQA
 from utils.dist import cleanup
 from utils.evaluation import progress_bar
-from utils.task import gather_unique, setup_task, task_parser, train_task, write_results
+from utils.task import build_model, gather_unique, setup_task, task_parser, train_task, write_results
 from utils.train_state import write_json_atomic
 from utils.vqa_metrics import best_constant_accuracy, vqa_accuracy
 
@@ -47,14 +49,24 @@ def predict(model: X2VLMForVQA, loader, tokenizer, answer_list: list[str], k: in
     return results
 
 
+def local_metrics(results: list[dict], records: list[dict], answer_list: list[str]) -> dict:
+    """The local evaluation written to ``vqa_eval.json``: ``results`` ``[{question_id, answer}]`` against the
+    annotator answers of the test ``records`` (``answer``: a list or one string), taken as they are in the
+    file and scored by X²-VLM's ``vqaEval`` rule only (utils/vqa_metrics.py: the prediction fully normalised,
+    the annotator answers only punctuation-processed, and only when they disagree), plus the best constant
+    answer of ``answer_list`` and its accuracy (the chance level)."""
+    gts = {r["question_id"]: r["answer"] if isinstance(r["answer"], list) else [r["answer"]] for r in records}
+    metrics = vqa_accuracy(results, gts)
+    metrics["chance_answer"], metrics["chance_vqa_acc"] = best_constant_accuracy(gts, answer_list)
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = task_parser(__doc__, "configs/finetune/vqa.yaml").parse_args(argv)
     ctx = setup_task(args)
     cfg, d, rank, world = ctx.cfg, ctx.cfg["data"], ctx.dist.rank, ctx.dist.world_size
     ft = d["finetune"]
-    model = X2VLMForVQA.from_config(cfg)
-    if ctx.dist.is_main and getattr(model, "load_report", None) is not None:
-        print(model.load_report)
+    model = build_model(ctx, X2VLMForVQA)
     collate = TokenizeCollate(collate_train, ctx.tokenizer, d["max_tokens"], {"question": "text", "answers": "answer"})
     train_task(ctx, model, "vqa", collate)
     test_set = create_dataset("vqa", cfg, "test", ctx.tokenizer, rank, world)
@@ -74,13 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         results.sort(key=lambda r: order.get(r["question_id"], len(order)))
         write_json_atomic(ctx.output_dir / "vqa_result.json", results)
         if records and all(r.get("answer") for r in records):
-            # annotator answers are normalised like predictions: annotation files other than the official
-            # (already normalised) ones may spell numbers as words
-            gts = {r["question_id"]: r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
-                   for r in records}
-            metrics = vqa_accuracy(results, gts, normalize_gt=True)
-            metrics["chance_answer"], metrics["chance_vqa_acc"] = best_constant_accuracy(
-                gts, test_set.answer_list, normalize_gt=True)
+            metrics = local_metrics(results, records, test_set.answer_list)
             write_results(ctx, "vqa_eval", metrics)
     cleanup()
     return metrics

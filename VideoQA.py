@@ -18,7 +18,7 @@ from dataset.collate import TokenizeCollate
 from dataset.io import read_json
 from dataset.tasks import collate_dict
 from models.videoqa import X2VLMForVideoQA, predict, videoqa_metrics
-from utils.task import finish, gather_unique, setup_task, task_parser, train_task
+from utils.task import build_model, finish, gather_unique, setup_task, task_parser, train_task
 from utils.train_state import write_json_atomic
 
 
@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif max(labels.values()) >= cfg["model"]["num_answers"]:
         raise SystemExit(f"VideoQA.py: {ft['ans2label']} has class {max(labels.values())} but model.num_answers "
                          f"is {cfg['model']['num_answers']}")
-    model = X2VLMForVideoQA.from_config(cfg)
-    if ctx.dist.is_main and getattr(model, "load_report", None) is not None:
-        print(model.load_report)
+    model = build_model(ctx, X2VLMForVideoQA)
     collate = TokenizeCollate(collate_dict, ctx.tokenizer, d["max_tokens"], {"question": "text"})
     train_task(ctx, model, "video_qa", collate)
     results: dict = {}

@@ -29,7 +29,8 @@ from torch import nn
 from dataset import image_transform, load_tokenizer
 from dataset.io import load_image
 from dataset.text import pre_caption, pre_question
-from models.checkpoint import WEIGHTS_NAME, CheckpointError, LoadReport
+from models.checkpoint import WEIGHTS_NAME, CheckpointError, LoadReport, check_fits
+from models.vqa import X2VLMForVQA
 from models.x2vlm import X2VLM
 from utils.config import RESOLVED_NAME, ConfigError, load_config
 
@@ -82,6 +83,8 @@ class X2VLMInference:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.load_report = load_report
+        # heads the checkpoint did not have (fresh init): a method that needs one refuses instead of answering
+        self.untrained = {k.split(".", 1)[0] for k in load_report.fresh} if load_report is not None else set()
         self._transform = image_transform(cfg, train=False)
         self._captioner: X2VLM | None = None
 
@@ -123,6 +126,17 @@ class X2VLMInference:
                              max_length=max_tokens or d["max_tokens"], return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
+    def _require(self, what: str, *modules: str) -> None:
+        """Raise when a module ``what`` needs is missing, or was not in the checkpoint (random weights)."""
+        absent = [m for m in modules if not hasattr(self.model, m)]
+        untrained = [m for m in modules if m in self.untrained]
+        if absent or untrained:
+            source = self.load_report.source if self.load_report is not None else "this model"
+            raise RuntimeError(f"{what} needs {', '.join(absent + untrained)}, which {source} "
+                               f"{'does not have' if absent else 'holds no trained weights for'}: load a checkpoint "
+                               f"of a model with that head (a pretraining checkpoint has every head but the VQA "
+                               f"decoder)")
+
     # ------------------------------------------------------------------ embeddings and scores
     @torch.no_grad()
     def _image_tokens(self, images) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,12 +150,14 @@ class X2VLMInference:
     @torch.no_grad()
     def encode_image(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
         """L2-normalised ITC image features: ``(D,)`` for one image, ``(B, D)`` for a list."""
+        self._require("encode_image", "vision_proj")
         feats = self.model.image_features(self._image_tokens(images)[0]).float()
         return feats[0] if _as_list(images, (str, os.PathLike, Image.Image))[1] else feats
 
     @torch.no_grad()
     def encode_text(self, texts: Texts) -> torch.Tensor:
         """L2-normalised ITC text features: ``(D,)`` for one text, ``(T, D)`` for a list."""
+        self._require("encode_text", "text_proj")
         feats = self.model.text_features(self._text_tokens(texts)[0]).float()
         return feats[0] if isinstance(texts, str) else feats
 
@@ -156,6 +172,7 @@ class X2VLMInference:
     def itm_score(self, images: ImageInput | Sequence[ImageInput], texts: Texts) -> torch.Tensor | float:
         """ITM match probability (softmax of the match head) of every image with every text: ``(B, T)``,
         or a float for one image and one text. Each image is fused once for all its texts."""
+        self._require("itm_score", "itm_head")
         image_embeds, image_atts = self._image_tokens(images)
         text_embeds, text_atts = self._text_tokens(texts)
         b, t = image_embeds.shape[0], text_embeds.shape[0]
@@ -169,6 +186,7 @@ class X2VLMInference:
     def ground(self, image: ImageInput, text: str) -> tuple[float, float, float, float]:
         """The box the text refers to, ``(x0, y0, x1, y1)`` in pixels of the original image (bbox head on the
         fusion [CLS] of the whole image and the text)."""
+        self._require("ground", "bbox_head")
         pil = self.open_image(image)
         image_embeds, _ = self._image_tokens([pil])
         text_embeds, text_atts = self._text_tokens([text])
@@ -192,6 +210,7 @@ class X2VLMInference:
                 max_length: int | None = None, min_length: int | None = None) -> str | list[str]:
         """Generated caption(s) (beam search as ``Captioning.py``; settings default to the ``caption`` config
         section, the prompt to ``data.finetune.prompt``, which is not repeated in the output)."""
+        self._require("caption", "mlm_head")
         from models.captioning import prompt_token_ids
         s = self.cfg["caption"]
         prompt = prompt_token_ids(self.tokenizer, self.cfg["data"]["finetune"]["prompt"])
@@ -209,7 +228,6 @@ class X2VLMInference:
         """The best of ``candidates`` for ``question`` (the VQA decoder's ranking, as ``VQA.py``: the ``k``
         candidates with the likeliest first token are scored in full; ``k`` defaults to ``eval.k_test``).
         With ``return_scores``: ``[(answer, probability)]`` of the ``k`` ranked, best first."""
-        from models.vqa import X2VLMForVQA
         if not isinstance(self.model, X2VLMForVQA):
             raise RuntimeError("answer() needs the VQA answer decoder: load with load_model(..., vqa=True) "
                                "(e.g. the fine-tuned x2vlm_base_1b_vqa.th)")
@@ -241,6 +259,13 @@ def _checkpoint_has_decoder(path: Path) -> bool:
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     return isinstance(obj, dict) and any(str(k).startswith("text_decoder.") for k in obj)
+
+
+class _AnsweringX2VLM(X2VLMForVQA):
+    """The VQA model with every pretraining head too, so that one loaded model serves every method (heads a
+    checkpoint lacks are refused by the methods that need them: :meth:`X2VLMInference._require`)."""
+
+    heads = X2VLM.heads
 
 
 def resolve_source(source: str | os.PathLike | None, config: str | os.PathLike | None
@@ -284,14 +309,15 @@ def resolve_source(source: str | os.PathLike | None, config: str | os.PathLike |
 
 
 def load_model(source: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-               overrides: Iterable[str] = (), vqa: bool | None = None, device: str | torch.device = "cpu"
-               ) -> X2VLMInference:
+               overrides: Iterable[str] = (), vqa: bool | None = None, device: str | torch.device = "cpu",
+               allow_partial: bool = False) -> X2VLMInference:
     """Load X²-VLM for inference from our output folder, a checkpoint + config, or a bare config.
 
     ``overrides`` are ``key.sub=value`` strings as on the command line (e.g. the tokenizer folder of an
     official checkpoint: ``model.text.tokenizer=/path/bert-base-uncased``). ``vqa``: build the answer decoder
-    (needed by :meth:`X2VLMInference.answer`); ``None`` builds it when the checkpoint holds one. A checkpoint
-    of which no key fits the config is an error (wrong config)."""
+    (needed by :meth:`X2VLMInference.answer`); ``None`` builds it when the checkpoint holds one. The load
+    report's summary line is printed; a checkpoint that leaves part of the backbone at random init (wrong
+    config, other architecture) raises :class:`~models.checkpoint.CheckpointError` unless ``allow_partial``."""
     weights, cfg_path = resolve_source(source, config)
     cfg = load_config(cfg_path, list(overrides))
     if weights is not None:
@@ -299,8 +325,7 @@ def load_model(source: str | os.PathLike | None = None, config: str | os.PathLik
     if vqa is None:
         vqa = weights is not None and _checkpoint_has_decoder(weights)
     if vqa:
-        from models.vqa import X2VLMForVQA
-        cls: type[X2VLM] = X2VLMForVQA
+        cls: type[X2VLM] = _AnsweringX2VLM
     else:
         cls = X2VLM
     tokenizer = load_tokenizer(cfg)
@@ -310,14 +335,9 @@ def load_model(source: str | os.PathLike | None = None, config: str | os.PathLik
         report = getattr(model, "load_report", None)
     else:
         model = cls.from_config(cfg, load_weights=False)
-        report = model.load_checkpoint(weights)
-        if not report.loaded:
-            raise CheckpointError(f"no weight of {weights} fits the model of {cfg_path}: wrong config for this "
-                                  f"checkpoint? (see the README's checkpoint table)")
-        if vqa and not any(k.startswith("text_decoder.") for k in report.loaded):
-            model.init_decoder_from_encoder()  # a pretrained checkpoint: the decoder starts as the official init
-        if not report.ok:
-            log.warning("%s", report)
+        report = model.load_checkpoint(weights)  # a VQA model derives its decoder from a pretraining checkpoint
+        print(report.summary())
+        check_fits(report, model.architecture, allow_partial)
     if len(tokenizer) > model.text_encoder.config.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder's vocabulary "
                           f"{model.text_encoder.config.vocab_size}: model.text.tokenizer does not match {cfg_path}")

@@ -36,7 +36,6 @@ import transformers
 from dataset.masking import IGNORE, choose_spans, continuation_table
 from models.x2vlm import X2VLM
 
-UNUSED_HEADS = ("itm_head", "bbox_head", "vision_proj", "text_proj")
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
@@ -162,14 +161,14 @@ def smoothed_kl_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: floa
 
 # ------------------------------------------------------------------------------------------------ model
 class X2VLMForCaptioning(X2VLM):
-    """The backbone and the (tied) MLM head; ITM / bbox heads and the ITC projections are dropped.
+    """The backbone and the (tied) MLM head, as the official captioning model (no ITC / ITM / bbox head).
 
     ``label_smoothing`` (official 0.1) is set by the task script."""
 
+    heads = ("mlm",)
+
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
-        for name in UNUSED_HEADS:
-            delattr(self, name)
         if self.fiber:  # under the causal mask FIBER's image stream never reads the text: frozen, not unused
             self.fusion.image_cross.requires_grad_(False)
         self.label_smoothing = 0.1

@@ -1,9 +1,12 @@
 """Checkpoint loading and saving with a report of every key that did not map.
 
-Reads: official X²-VLM ``.th`` files (``{'model': state_dict}``, text + fusion in one 18-layer BERT),
-our own safetensors checkpoints, bare state dicts, BEiT-2 release ``.pth`` and timm state dicts
-(vision encoder). Relative-position tables, patch embeddings and the temporal embedding are resized
-to the model's resolution / patch size / frame count. :func:`load_text_swap` keeps the parts of an English
+Reads: official X²-VLM ``.th`` files (``{'model': state_dict}``, text + fusion in one BERT; every official
+layout, mapped by the one table of :mod:`models.official_layout`), our own safetensors checkpoints, bare state
+dicts, BEiT-2 release ``.pth`` and timm state dicts (vision encoder). Relative-position tables are resized to the
+model's patch grid as the official code does (:mod:`models.position_tables`), patch embeddings and the temporal
+embedding (the official rule: the first frames are copied) to the model's patch size / frame count.
+:func:`check_fits` turns a load that would leave the backbone at random init into a one-line error.
+:func:`load_text_swap` keeps the parts of an English
 checkpoint that a text-encoder swap (``model.text.swap``, e.g. to XLM-R) leaves in place and reports every key.
 """
 from __future__ import annotations
@@ -18,16 +21,20 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_model
-from timm.layers import resample_abs_pos_embed, resample_patch_embed, resize_rel_pos_bias_table
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import nn
 
-DERIVED_BUFFERS = ("relative_position_index", "position_ids", "k_bias")
+from models.official_layout import architecture_of, backbone_part, complete_ties, is_derived, to_our_layout
+from models.position_tables import resize_rel_pos_bias_table
+
 WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
 class LoadReport:
-    """What happened to every key: loaded, resized, missing, unexpected, shape-mismatched, derived."""
+    """What happened to every key: loaded, resized, missing, unexpected, shape-mismatched, derived.
+
+    ``architecture``: the fusion architecture the checkpoint's keys show (``x2vlm``, ``fiber`` or ``None``)."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -36,10 +43,30 @@ class LoadReport:
     resized: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     derived: list[str] = field(default_factory=list)
+    architecture: str | None = None
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def fresh(self) -> list[str]:
+        """Missing keys outside the backbone: heads (or embeddings) new for this model, left at their init."""
+        return [k for k in self.missing if backbone_part(k) is None]
+
+    @property
+    def unused(self) -> list[str]:
+        """Checkpoint keys outside the backbone that this model has no place for (heads of another task)."""
+        return [k for k in self.unexpected if backbone_part(k) is None]
+
+    def summary(self) -> str:
+        """One line: how many keys loaded, which heads start fresh and which checkpoint heads are unused."""
+        line = (f"checkpoint {self.source}: {len(self.loaded)} keys loaded ({len(self.resized)} resized), "
+                f"fresh {_by_module(self.fresh)}, unused {_by_module(self.unused)}")
+        problems = [f"{len(v)} {name}" for name, v in (("backbone keys missing", _backbone(self.missing)),
+                                                       ("backbone keys unexpected", _backbone(self.unexpected)),
+                                                       ("shape-mismatched", self.mismatched)) if v]
+        return line + (f", {', '.join(problems)}" if problems else "")
 
     def __str__(self) -> str:
         lines = [f"checkpoint {self.source}: {len(self.loaded)} loaded, {len(self.resized)} resized, "
@@ -49,6 +76,19 @@ class LoadReport:
             for key in getattr(self, name):
                 lines.append(f"  {name}: {key}")
         return "\n".join(lines)
+
+
+def _backbone(keys: list[str]) -> list[str]:
+    return [k for k in keys if backbone_part(k) is not None]
+
+
+def _by_module(keys: list[str]) -> str:
+    """``none`` or ``cls_head (6), itm_head (6)``: keys counted by their top-level module."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        top = key.split(".", 1)[0]
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{name} ({n})" for name, n in counts.items()) or "none"
 
 
 class CheckpointError(RuntimeError):
@@ -102,32 +142,6 @@ def _looks_like_torch_file(path: Path) -> bool:
         return f.read(1) == b"\x80"
 
 
-# ------------------------------------------------------------------------------- official layout
-_TEXT_LAYER = re.compile(r"^text_encoder\.(?:bert|roberta)\.encoder\.layer\.(\d+)\.(.*)$")
-
-
-def official_key(key: str, num_text_layers: int) -> str:
-    """Our name for an official X²-VLM key (identity for keys that already match ours)."""
-    m = _TEXT_LAYER.match(key)
-    if m:
-        i, rest = int(m.group(1)), m.group(2)
-        if i < num_text_layers:
-            return f"text_encoder.encoder.layer.{i}.{rest}"
-        return f"fusion.layer.{i - num_text_layers}.{rest}"
-    if key.startswith("cross_encoder.encoder.layer."):
-        return "fusion.layer." + key[len("cross_encoder.encoder.layer."):]
-    for prefix in ("text_encoder.bert.", "text_encoder.roberta."):
-        if key.startswith(prefix):
-            return "text_encoder." + key[len(prefix):]
-    if key.startswith("text_encoder.cls."):
-        return "mlm_head." + key[len("text_encoder.cls."):]
-    return key
-
-
-def to_our_layout(state: dict[str, torch.Tensor], num_text_layers: int) -> dict[str, torch.Tensor]:
-    return {official_key(k, num_text_layers): v for k, v in state.items()}
-
-
 # ------------------------------------------------------------------------------------- resizing
 def _fit_vision_tensor(key: str, value: torch.Tensor, target: torch.Tensor, encoder: nn.Module,
                        prefix: str) -> torch.Tensor | None:
@@ -137,9 +151,8 @@ def _fit_vision_tensor(key: str, value: torch.Tensor, target: torch.Tensor, enco
             return None  # a different number of heads cannot be interpolated
         module = encoder.get_submodule(key[len(prefix):-len(".relative_position_bias_table")])
         try:
-            return resize_rel_pos_bias_table(value, new_window_size=module.window_size,
-                                             new_bias_shape=target.shape)
-        except (ValueError, AssertionError):  # a table of no square window: report it as mismatched
+            return resize_rel_pos_bias_table(value, module.window_size)
+        except ValueError:  # a table of no square window: report it as mismatched
             return None
     if key.endswith("patch_embed.proj.weight") and value.shape[:2] == target.shape[:2]:
         return resample_patch_embed(value, list(target.shape[-2:]))
@@ -177,7 +190,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     vision = model.get_submodule(vision_prefix[:-1]) if vision_prefix else model
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key.split(".")[-1] in DERIVED_BUFFERS:
+        if is_derived(key):
             report.derived.append(key)
             continue
         if key not in own:
@@ -200,7 +213,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     report.loaded = sorted(to_load)
     covered = set(to_load)
     for key in own:
-        if key.split(".")[-1] in DERIVED_BUFFERS:
+        if is_derived(key):
             continue
         if not (aliases.get(key, {key}) & covered):
             report.missing.append(key)
@@ -215,14 +228,15 @@ VOCAB_KEYS = ("mlm_head.predictions.bias", "mlm_head.predictions.decoder.weight"
 WORD_EMBEDDINGS = "text_encoder.embeddings.word_embeddings.weight"
 
 
-def swap_keeps(mode: str, key: str) -> bool:
+def swap_keeps(mode: str, key: str, cross_attention: str = r"layer\.\d+\.crossattention\..+") -> bool:
     """Whether a text-encoder swap in ``mode`` takes ``key`` (our layout) from the English checkpoint.
 
     * ``full``: everything but the text encoder and the vocabulary-sized MLM keys (as the official
       ``replace_text_encoder``: vision encoder, fusion, projections, ITM / box heads, MLM transform kept);
-    * ``cross_attention_only``: the vision side (encoder, frame embedding, ``vision_proj``), the fusion layers'
-      cross-attention and the temperature; the fusion self-attention / FFN come from the new text model's top
-      layers, ``text_proj`` and the heads start fresh;
+    * ``cross_attention_only``: the vision side (encoder, frame embedding, ``vision_proj``), the fusion's
+      cross-attention (``fusion.`` + the fusion's ``cross_attention`` key pattern: X²-VLM's fusion layers'
+      ``crossattention``, every FIBER cross-attention) and the temperature; X²-VLM's fusion self-attention /
+      FFN come from the new text model's top layers, ``text_proj`` and the heads start fresh;
     * ``embeddings_only``: everything but the word embeddings and the vocabulary-sized MLM keys (the English
       text layers stay; only tokenizer and embedding table change)."""
     if key in VOCAB_KEYS:
@@ -231,7 +245,7 @@ def swap_keeps(mode: str, key: str) -> bool:
         return not key.startswith("text_encoder.")
     if mode == "cross_attention_only":
         return (key.startswith(("vision_encoder.", "vision_proj.")) or key in ("temp", "absolute_frame_pos_embed")
-                or (key.startswith("fusion.") and ".crossattention." in key))
+                or (key.startswith("fusion.") and re.fullmatch(cross_attention, key[len("fusion."):]) is not None))
     if mode == "embeddings_only":
         return key != WORD_EMBEDDINGS
     raise ValueError(f"unknown text-encoder swap mode '{mode}'")
@@ -246,6 +260,9 @@ class TextSwapReport(LoadReport):
     from_text_model: list[str] = field(default_factory=list)  # model keys from the new (multilingual) text model
     reinitialised: list[str] = field(default_factory=list)    # model keys neither source wrote: fresh init
 
+    def summary(self) -> str:
+        return str(self).splitlines()[0]
+
     def __str__(self) -> str:
         lines = [f"text-encoder swap ({self.mode}) from {self.source}: {len(self.loaded)} keys kept, "
                  f"{len(self.dropped)} dropped, {len(self.from_text_model)} from the new text model, "
@@ -257,18 +274,20 @@ class TextSwapReport(LoadReport):
 
 
 def load_text_swap(model: nn.Module, path: str | os.PathLike, mode: str, from_text_model: list[str],
-                   english_text_layers: int, trusted: bool = False) -> TextSwapReport:
-    """Load the parts of an English X²-VLM checkpoint (official ``.th`` with ``english_text_layers`` text
-    layers, or ours) that a swap in ``mode`` keeps (:func:`swap_keeps`) into ``model``, whose text side already
-    holds the new text model's weights (``from_text_model``: those keys). Every model key ends up in exactly
-    one of ``loaded``, ``from_text_model`` and ``reinitialised``."""
-    state = to_our_layout(read_state_dict(path, trusted=trusted), english_text_layers)
-    keep = {k: v for k, v in state.items() if swap_keeps(mode, k)}
+                   trusted: bool = False) -> TextSwapReport:
+    """Load the parts of an English X²-VLM checkpoint (official ``.th`` or ours) that a swap in ``mode`` keeps
+    (:func:`swap_keeps`) into ``model``, whose text side already holds the new text model's weights
+    (``from_text_model``: those keys). Every model key ends up in exactly one of ``loaded``, ``from_text_model``
+    and ``reinitialised``."""
+    state, _ = to_our_layout(read_state_dict(path, trusted=trusted))
+    state = complete_ties(state, model.state_dict())
+    pattern = model.fusion.CROSS_ATTENTION_KEYS
+    keep = {k: v for k, v in state.items() if swap_keeps(mode, k, pattern)}
     base = load_state_into(model, keep, str(path))
     aliases = _alias_groups(model)
     loaded = set(base.loaded) | {e.split(":", 1)[0] for e in base.resized}
     text = {a for k in from_text_model for a in aliases.get(k, {k})} - loaded
-    dropped = sorted(k for k in state if k not in keep and k.split(".")[-1] not in DERIVED_BUFFERS)
+    dropped = sorted(k for k in state if k not in keep and not is_derived(k))
     report = TextSwapReport(**vars(base), mode=mode, dropped=dropped)
     report.from_text_model = sorted(text)
     report.reinitialised = sorted(k for k in base.missing if k not in text)
@@ -292,10 +311,50 @@ def copy_word_embeddings(model: nn.Module, folder: str | os.PathLike) -> list[st
 # ------------------------------------------------------------------------------------ entry points
 def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = False,
                           trusted: bool = False) -> LoadReport:
-    """Load an official X²-VLM checkpoint, one of ours, or a bare state dict into an X2VLM."""
-    state = read_state_dict(path, trusted=trusted)
-    num_text = len(model.text_encoder.encoder.layer)
-    return load_state_into(model, to_our_layout(state, num_text), str(path), strict=strict)
+    """Load an official X²-VLM checkpoint (any layout of :mod:`models.official_layout`), one of ours, or a bare
+    state dict into an X2VLM (or a task model). The model's ``adapt_checkpoint_state`` (if any) sees the state in
+    our layout first (the VQA model derives its answer decoder from a pretraining checkpoint there)."""
+    state, derived = to_our_layout(read_state_dict(path, trusted=trusted))
+    state = complete_ties(state, model.state_dict())
+    adapt = getattr(model, "adapt_checkpoint_state", None)
+    if adapt is not None:
+        state = adapt(state)
+    report = load_state_into(model, state, str(path), strict=strict)
+    report.derived += derived
+    report.architecture = architecture_of(state)
+    return report
+
+
+def check_fits(report: LoadReport, architecture: str, allow_partial: bool = False) -> None:
+    """Raise a one-line :class:`CheckpointError` when a load leaves part of the backbone (vision encoder, text
+    encoder, fusion) at random init — keys missing, shape-mismatched, or a checkpoint of a bigger backbone —
+    or when the checkpoint is of the other fusion architecture; ``allow_partial`` lets it pass. Heads new for
+    the task (``report.fresh``) and heads of other tasks (``report.unused``) are fine."""
+    if allow_partial:
+        return
+    escape = "or pass --allow-partial-load (model.allow_partial_load=true) to go on with those weights at init"
+    if report.architecture is not None and report.architecture != architecture:
+        raise CheckpointError(
+            f"checkpoint {report.source} holds a model.architecture={report.architecture} model, but this model is "
+            f"{architecture}: set model.architecture={report.architecture} (or use the config the checkpoint was "
+            f"trained with), {escape}")
+    mismatched = [m.split(":", 1)[0] for m in report.mismatched]
+    parts: dict[str, list[str]] = {}
+    for kind, keys in (("missing", report.missing), ("shape-mismatched", mismatched),
+                       ("not in the model", report.unexpected)):
+        for key in keys:
+            part = backbone_part(key)
+            if part is not None and not (kind == "missing" and key in mismatched):
+                parts.setdefault(part, []).append(kind)
+    if not parts:
+        return
+    described = "; ".join(f"{part}: " + ", ".join(f"{kinds.count(k)} keys {k}" for k in dict.fromkeys(kinds))
+                          for part, kinds in parts.items())
+    example = (report.mismatched or _backbone(report.missing) or _backbone(report.unexpected))[0]
+    raise CheckpointError(
+        f"checkpoint {report.source} does not fit this model ({described}; e.g. {example}), so those weights "
+        f"would stay at random init: use the model config the checkpoint was trained with (--config / "
+        f"model.* overrides), {escape}")
 
 
 def beit2_to_timm(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:

@@ -142,6 +142,14 @@ class FiberFusion(nn.Module):
             for _ in range(num_layers)])
         self.grad_checkpointing = False
 
+    #: every weight of this module is a cross-attention (the backbones' own layers hold the rest)
+    CROSS_ATTENTION_KEYS = r"(?:text|image)_cross\..+"
+
+    def init_from_text(self, text_layers: nn.ModuleList) -> list[str]:
+        """Nothing to copy: the fused layers *are* the text encoder's top layers (the X²-VLM fusion copies its
+        self-attention and FFN from them). Returns no key."""
+        return []
+
     def gates(self) -> dict[str, float]:
         """Current gate values, ``{"text.k": alpha, "image.k": alpha}`` (for logs and tests)."""
         out = {f"text.{k}": float(m.gate) for k, m in enumerate(self.text_cross)}

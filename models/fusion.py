@@ -121,6 +121,23 @@ class FusionEncoder(nn.Module):
         ])
         self.grad_checkpointing = False
 
+    #: our key patterns (under ``fusion.``) of the cross-attention weights, which a text-encoder swap keeps
+    CROSS_ATTENTION_KEYS = r"layer\.\d+\.crossattention\..+"
+
+    @torch.no_grad()
+    def init_from_text(self, text_layers: nn.ModuleList) -> list[str]:
+        """The official init: fusion layer i's self-attention and FFN ← text layer ``n_text - n_fusion + i``
+        (where the shapes agree). Returns the keys written (relative to this module)."""
+        offset = len(text_layers) - len(self.layer)
+        written = []
+        for i, layer in enumerate(self.layer):
+            own = layer.state_dict()
+            shared = {k: v for k, v in text_layers[offset + i].state_dict().items()
+                      if k in own and own[k].shape == v.shape}
+            layer.load_state_dict(shared, strict=False)
+            written += [f"layer.{i}.{k}" for k in sorted(shared)]
+        return written
+
     def forward(self, text: torch.Tensor, text_atts: torch.Tensor | None, vision: torch.Tensor,
                 vision_atts: torch.Tensor | None, causal: bool = False,
                 vision_index: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:

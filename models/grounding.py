@@ -16,7 +16,10 @@ from models.x2vlm import X2VLM
 
 
 class X2VLMGrounding(X2VLM):
-    """The pretraining model with a box-regression forward; :meth:`predict_boxes` is inherited."""
+    """The backbone and the box head (as the official grounding model) with a box-regression forward;
+    :meth:`predict_boxes` is inherited."""
+
+    heads = ("bbox",)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
         """``{"loss", "loss_bbox", "loss_giou"}`` (FIBER: and ``loss_align``) of one fine-tuning batch."""

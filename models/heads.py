@@ -45,6 +45,7 @@ class MLMHead(nn.Module):
         if word_embeddings.weight.shape != self.predictions.decoder.weight.shape:
             raise ValueError("MLM decoder and word embeddings differ in shape")
         self.predictions.decoder.weight = word_embeddings.weight
+        self.predictions.bias = self.predictions.decoder.bias
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.predictions(hidden)

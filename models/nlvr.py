@@ -18,16 +18,15 @@ import torch.nn.functional as F
 from models.heads import build_mlp
 from models.x2vlm import X2VLM
 
-UNUSED_HEADS = ("itm_head", "bbox_head", "mlm_head", "vision_proj", "text_proj")
-
 
 class X2VLMForNLVR(X2VLM):
-    """The backbone (vision, text, fusion) plus ``cls_head``; the pretraining heads are dropped."""
+    """The backbone (vision, text, fusion) plus ``cls_head``, as the official NLVR model (no pretraining head:
+    a pretraining checkpoint's heads are reported unused)."""
+
+    heads = ()
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
-        for name in UNUSED_HEADS:  # not part of the official NLVR model; their checkpoint keys are reported unused
-            delattr(self, name)
         self.cls_head = build_mlp(2 * self.text_width, 2)
 
     def logits(self, image0: torch.Tensor, image1: torch.Tensor, text_ids: torch.Tensor,

@@ -16,7 +16,10 @@ from models.x2vlm import X2VLM
 
 
 class X2VLMRetrieval(X2VLM):
-    """The pretraining model with a retrieval forward; scoring (ITC features, ITM logits) is inherited."""
+    """The backbone with the ITC and ITM heads (as the official retrieval model) and a retrieval forward;
+    scoring (ITC features, ITM logits) is inherited."""
+
+    heads = ("itc", "itm")
 
     def encode_visual(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-image tokens and mask; 5-D input is a batch of videos."""

@@ -17,17 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from models.heads import build_mlp
-from models.nlvr import UNUSED_HEADS
 from models.x2vlm import X2VLM
 
 
 class X2VLMForVideoQA(X2VLM):
-    """The backbone (vision, text, fusion) plus ``cls_head`` over ``model.num_answers`` classes."""
+    """The backbone (vision, text, fusion) plus ``cls_head`` over ``model.num_answers`` classes, as the official
+    classifier (no pretraining head)."""
+
+    heads = ()
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
-        for name in UNUSED_HEADS:  # not part of the official classifier; their checkpoint keys are reported unused
-            delattr(self, name)
         n = int(model_cfg.get("num_answers") or 0)
         if n < 2:
             raise ValueError(f"model.num_answers must be at least 2 (the answer classes), got {n}")

@@ -26,8 +26,6 @@ official sum, which counts the first token twice — and re-ranked by that score
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,30 +112,32 @@ class AnswerDecoder(nn.Module):
 
 
 class X2VLMForVQA(X2VLM):
-    """X²-VLM + answer decoder. Build with :meth:`from_config`; train with ``forward(batch)``; answer with
-    :meth:`answer` / :meth:`rank_answers` (see the module docstring)."""
+    """X²-VLM + answer decoder, as the official VQA model (no pretraining head). Build with :meth:`from_config`;
+    train with ``forward(batch)``; answer with :meth:`answer` / :meth:`rank_answers` (see the module docstring)."""
+
+    heads = ()
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
         self.text_decoder = AnswerDecoder(self.text_encoder.config, decoder_layers(model_cfg), self.text_width)
         if model_cfg.get("grad_checkpointing"):
             self.set_grad_checkpointing(True)
-        self.decoder_init: list[str] = []
+        self.decoder_init: list[str] = []  # decoder keys the official init wrote
+        self.decoder_source: str | None = None  # "checkpoint" (a fine-tuned VQA model), "encoder" (official init)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: dict, load_weights: bool = True) -> "X2VLMForVQA":
-        """As :meth:`X2VLM.from_config`; then, when pretrained weights were loaded and they hold no decoder
-        (a pretraining checkpoint, not a fine-tuned VQA one), the decoder starts as a copy of the model's own
-        embeddings / fusion layers / MLM head, and every decoder parameter gets ``optimizer.lr_mult``."""
+        """As :meth:`X2VLM.from_config`. A checkpoint without decoder (pretraining) gives the decoder the official
+        init from its own weights (:meth:`adapt_checkpoint_state`); with pretrained weights but no checkpoint
+        (text / vision weights only) the decoder starts as a copy of the model's embeddings / fusion layers.
+        With any pretrained weights every decoder parameter gets ``optimizer.lr_mult``."""
         model = super().from_config(cfg, load_weights)
         m = cfg["model"] if isinstance(cfg.get("model"), dict) else cfg
         pretrained = load_weights and bool(m["vision"].get("checkpoint") or m["text"].get("name_or_path")
                                            or m.get("checkpoint"))
         if pretrained:
-            report = getattr(model, "load_report", None)
-            has_decoder = report is not None and any(k.startswith("text_decoder.") for k in report.loaded)
-            if not has_decoder:
+            if model.decoder_source is None:
                 model.decoder_init = model.init_decoder_from_encoder()
             model.fresh_parameters = set(model.fresh_parameters) | {
                 "text_decoder." + n for n, _ in model.text_decoder.named_parameters()}
@@ -148,46 +148,67 @@ class X2VLMForVQA(X2VLM):
         if hasattr(self, "text_decoder"):
             self.text_decoder.bert.encoder.grad_checkpointing = enable
 
+    def tie_weights(self) -> None:
+        super().tie_weights()
+        self.text_decoder.cls.tie_to(self.text_decoder.bert.embeddings.word_embeddings)
+
+    def _decoder_sources(self) -> list[str]:
+        """Key prefixes (our layout) of the layers decoder layer i starts from: all fusion layers, or the odd
+        ones for a decoder of half the depth (official ``num_dec_layers``); FIBER: its fused top text layers."""
+        n_dec = len(self.text_decoder.layers)
+        if self.fiber:
+            n_text = len(self.text_encoder.encoder.layer)
+            fusion = [f"text_encoder.encoder.layer.{n_text - self.fusion.num_layers + j}." for j in
+                      range(self.fusion.num_layers)]
+        else:
+            fusion = [f"fusion.layer.{j}." for j in range(len(self.fusion.layer))]
+        if n_dec == len(fusion):
+            return fusion
+        if n_dec == len(fusion) // 2:
+            return [fusion[2 * i + 1] for i in range(n_dec)]  # the odd fusion layers, as the official code
+        raise ValueError(f"a {n_dec}-layer answer decoder cannot start from {len(fusion)} fusion layers "
+                         f"(it takes as many, or half as many)")
+
+    def decoder_state_from(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The official decoder init as decoder weights derived from ``state`` (our layout): embeddings ← text
+        embeddings, layer i ← its fusion layer (:meth:`_decoder_sources`), LM head ← MLM head (where ``state``
+        has one). Cross-attention key/value read the vision tokens in the fusion but the question states in the
+        decoder: taken only where the two widths agree, as the official code. Keys the decoder has, shapes equal."""
+        own = self.state_dict()
+        narrow = self.vision_width != self.text_width
+        renames = [("text_encoder.embeddings.", "text_decoder.bert.embeddings."), ("mlm_head.", "text_decoder.cls.")]
+        renames += [(src, f"text_decoder.bert.encoder.layer.{i}.") for i, src in enumerate(self._decoder_sources())]
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            for src, dst in renames:
+                if not key.startswith(src):
+                    continue
+                rest = key[len(src):]
+                if narrow and rest.startswith(("crossattention.self.key.", "crossattention.self.value.")):
+                    break
+                name = dst + rest
+                if name in own and own[name].shape == value.shape:
+                    out[name] = value
+                break
+        return out
+
+    def adapt_checkpoint_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint without ``text_decoder.*`` keys (pretraining, or another task) gets the official decoder
+        init derived from its own weights (:meth:`decoder_state_from`); a fine-tuned VQA checkpoint loads as is."""
+        if any(k.startswith("text_decoder.") for k in state):
+            self.decoder_source = "checkpoint"
+            return state
+        derived = self.decoder_state_from(state)
+        self.decoder_source, self.decoder_init = "encoder", sorted(derived)
+        return {**state, **derived}
+
     @torch.no_grad()
     def init_decoder_from_encoder(self) -> list[str]:
-        """Official decoder initialisation from the (loaded) model; returns the decoder keys written."""
-        dec = self.text_decoder.layers
-        # FIBER has no separate fusion layers: the fused top text layers (same BERT names, no cross-attention)
-        fusion = self.text_encoder.encoder.layer[-self.fusion.num_layers:] if self.fiber else self.fusion.layer
-        if len(dec) == len(fusion):
-            sources = list(range(len(dec)))
-        elif len(dec) == len(fusion) // 2:
-            sources = [2 * i + 1 for i in range(len(dec))]  # the odd fusion layers, as the official code
-        else:
-            raise ValueError(f"a {len(dec)}-layer answer decoder cannot start from {len(fusion)} fusion layers "
-                             f"(it takes as many, or half as many)")
-        written: list[str] = []
-
-        def copy(dst: nn.Module, src: nn.Module, prefix: str, skip: tuple[str, ...] = ()) -> None:
-            own = dst.state_dict()
-            for key, value in src.state_dict().items():
-                if key in own and own[key].shape == value.shape and not key.startswith(skip):
-                    own[key].copy_(value)
-                    written.append(prefix + key)
-
-        copy(self.text_decoder.bert.embeddings, self.text_encoder.embeddings, "text_decoder.bert.embeddings.")
-        # cross-attention key/value read the vision tokens in the fusion layers but the question states in the
-        # decoder: reused only where the two widths agree (weights and biases alike, as the official code)
-        narrow = self.vision_width != self.text_width
-        skip = ("crossattention.self.key.", "crossattention.self.value.") if narrow else ()
-        for i, j in enumerate(sources):
-            copy(dec[i], fusion[j], f"text_decoder.bert.encoder.layer.{i}.", skip)
-        copy(self.text_decoder.cls, self.mlm_head, "text_decoder.cls.")
-        return written
-
-    def load_checkpoint(self, path: str | Path, strict: bool = False):
-        """As :meth:`X2VLM.load_checkpoint`, plus the layout of fine-tuned official VQA checkpoints, whose text
-        encoder is saved without the ``bert.`` level (``text_encoder.encoder.layer.{0..17}``)."""
-        from models.checkpoint import load_state_into, read_state_dict, to_our_layout
-        state = read_state_dict(path)
-        state = {re.sub(r"^text_encoder\.encoder\.", "text_encoder.bert.encoder.", k): v for k, v in state.items()}
-        num_text = len(self.text_encoder.encoder.layer)
-        return load_state_into(self, to_our_layout(state, num_text), str(path), strict=strict)
+        """Official decoder initialisation from the model's own (loaded) weights; returns the decoder keys written."""
+        derived = self.decoder_state_from(self.state_dict())
+        self.load_state_dict(derived, strict=False)
+        self.decoder_source = "encoder"
+        return sorted(derived)
 
     # ------------------------------------------------------------------ encoding
     def question_states(self, images: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor

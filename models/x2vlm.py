@@ -39,7 +39,13 @@ def _model_section(cfg: dict) -> dict:
 
 
 class X2VLM(nn.Module):
-    """The X²-VLM model. Build with :meth:`from_config`; load weights with :meth:`load_checkpoint`."""
+    """The X²-VLM model. Build with :meth:`from_config`; load weights with :meth:`load_checkpoint`.
+
+    ``heads``: the optional parts the model has (names of :data:`HEAD_BUILDERS`); task models declare theirs,
+    as the official fine-tuned models have them (grounding: ``bbox`` only), so that an official checkpoint and
+    our model hold the same keys."""
+
+    heads: tuple[str, ...] = ("mlm", "itc", "itm", "bbox")
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__()
@@ -68,15 +74,12 @@ class X2VLM(nn.Module):
                 dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob)
         else:
             raise ValueError(f"model.architecture must be 'x2vlm' or 'fiber', got '{self.architecture}'")
-        self.mlm_head = MLMHead(tc.hidden_size, tc.vocab_size, act=tc.hidden_act, eps=tc.layer_norm_eps)
-        self.mlm_head.tie_to(self.text_encoder.get_input_embeddings())
-        self.vision_proj = nn.Linear(self.vision_width, model_cfg["embed_dim"])
-        self.text_proj = nn.Linear(self.text_width, model_cfg["embed_dim"])
-        self.temp = nn.Parameter(torch.tensor(float(model_cfg["temp"])))
-        self.itm_head = build_mlp(self.text_width, 2)
-        # X²-VLM: box from the fusion [CLS]; FIBER: from the fused image patches, weighted by text alignment
-        self.bbox_head = (FiberBoxHead(self.vision_width, self.text_width) if self.architecture == "fiber"
-                          else build_mlp(self.text_width, 4))
+        unknown = set(self.heads) - set(HEAD_BUILDERS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; known: {', '.join(HEAD_BUILDERS)}")
+        for name in (n for n in HEAD_BUILDERS if n in self.heads):  # only the heads this (task) model has
+            for attr, module in HEAD_BUILDERS[name](self, model_cfg).items():
+                setattr(self, attr, module)
         if model_cfg.get("max_frames", 0) > 0:
             self.absolute_frame_pos_embed = nn.Parameter(
                 torch.zeros(1, model_cfg["max_frames"], 1, self.vision_width))
@@ -101,7 +104,7 @@ class X2VLM(nn.Module):
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
         pretrained: set[str] = set()
         if load_weights:
-            from models.checkpoint import load_vision_weights
+            from models.checkpoint import check_fits, load_vision_weights
             if model_cfg["vision"].get("checkpoint"):
                 model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"])
                 pretrained |= {"vision_encoder." + k for k in _report_keys(model.init_report)}
@@ -110,10 +113,11 @@ class X2VLM(nn.Module):
                 pretrained |= set(_report_keys(model.swap_report)) | set(model.swap_report.from_text_model)
             elif model_cfg["text"].get("name_or_path"):
                 pretrained |= {n for n, _ in model.named_parameters() if n.startswith("text_encoder.")}
-                if model.architecture == "x2vlm" and model_cfg["fusion"].get("init_from_text", True):
+                if model_cfg["fusion"].get("init_from_text", True):
                     pretrained |= set(model.init_fusion_from_text())
             if model_cfg.get("checkpoint"):
                 model.load_report = model.load_checkpoint(model_cfg["checkpoint"])
+                check_fits(model.load_report, model.architecture, bool(model_cfg.get("allow_partial_load")))
                 pretrained |= set(_report_keys(model.load_report))
         # parameters no pretrained weight reached get optimizer.lr_mult (none when training from scratch);
         # a tied parameter counts as loaded under any of its names
@@ -131,25 +135,19 @@ class X2VLM(nn.Module):
         """BERT-style init of the fusion, projections and heads: normal weights with the text config's
         ``initializer_range`` (0.02 in BERT and the official code), zero biases, unit LayerNorms."""
         init = partial(bert_init_, std=self.text_encoder.config.initializer_range)
-        for module in (self.fusion, self.vision_proj, self.text_proj, self.itm_head, self.bbox_head,
-                       self.mlm_head.predictions.transform):
-            module.apply(init)
-        nn.init.zeros_(self.mlm_head.predictions.bias)
+        self.fusion.apply(init)
+        for name in ("vision_proj", "text_proj", "itm_head", "bbox_head"):
+            if hasattr(self, name):
+                getattr(self, name).apply(init)
+        if hasattr(self, "mlm_head"):
+            self.mlm_head.predictions.transform.apply(init)
+            nn.init.zeros_(self.mlm_head.predictions.bias)
 
     def init_fusion_from_text(self) -> list[str]:
-        """Copy the top text layers' self-attention and FFN into the fusion layers (the official init:
-        fusion layer i ← text layer ``n_text - n_fusion + i``). Returns the fusion keys written."""
-        text_layers = self.text_encoder.encoder.layer
-        fusion_layers = self.fusion.layer
-        offset = len(text_layers) - len(fusion_layers)
-        copied = []
-        for i, fl in enumerate(fusion_layers):
-            src = text_layers[offset + i].state_dict()
-            own = fl.state_dict()
-            shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-            fl.load_state_dict(shared, strict=False)
-            copied += [f"fusion.layer.{i}.{k}" for k in sorted(shared)]
-        return copied
+        """Initialise the fusion from the text encoder as the official code does (X²-VLM: fusion layer i's
+        self-attention and FFN ← text layer ``n_text - n_fusion + i``; FIBER: nothing to copy). Returns the
+        fusion keys written."""
+        return [f"fusion.{k}" for k in self.fusion.init_from_text(self.text_encoder.encoder.layer)]
 
     def swap_text_encoder(self):
         """Keep an English checkpoint's vision side and fusion around a new (e.g. XLM-R) text encoder, as
@@ -166,9 +164,7 @@ class X2VLM(nn.Module):
             from_text = [k for k in self.state_dict() if k.startswith("text_encoder.")]
             if mode == "cross_attention_only":  # fusion self-attention / FFN from the new model's top layers
                 from_text += self.init_fusion_from_text()
-        english_layers = int((text_cfg.get("config") or {}).get("num_hidden_layers")
-                             or len(self.text_encoder.encoder.layer))
-        return load_text_swap(self, swap["checkpoint"], mode, from_text, english_layers)
+        return load_text_swap(self, swap["checkpoint"], mode, from_text)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enable)
@@ -183,10 +179,22 @@ class X2VLM(nn.Module):
         from models.checkpoint import load_model_checkpoint
         return load_model_checkpoint(self, path, strict=strict)
 
+    def tie_weights(self) -> None:
+        """(Re-)tie the MLM decoder to the word embeddings (after ``to_empty`` of a model built on ``meta``)."""
+        if hasattr(self, "mlm_head"):
+            self.mlm_head.tie_to(self.text_encoder.get_input_embeddings())
+
+    def adapt_checkpoint_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's state (our layout) as this model loads it; task models with parts derived from other
+        parts (the VQA decoder) override this."""
+        return state
+
     @torch.no_grad()
     def clamp_temperature(self) -> None:
-        """Keep the parameter in [temp_min, temp_max] (the trainer calls this after each step)."""
-        self.temp.clamp_(self.cfg["temp_min"], self.cfg["temp_max"])
+        """Keep the parameter in [temp_min, temp_max] (the trainer calls this after each step); no-op for a
+        model without ITC."""
+        if "itc" in self.heads:
+            self.temp.clamp_(self.cfg["temp_min"], self.cfg["temp_max"])
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -388,6 +396,35 @@ class X2VLM(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
         """Pretraining losses (see :meth:`forward_pretrain`)."""
         return self.forward_pretrain(batch)
+
+
+def _itc_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
+    return {"vision_proj": nn.Linear(model.vision_width, cfg["embed_dim"]),
+            "text_proj": nn.Linear(model.text_width, cfg["embed_dim"]),
+            "temp": nn.Parameter(torch.tensor(float(cfg["temp"])))}
+
+
+def _mlm_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
+    tc = model.text_encoder.config
+    head = MLMHead(tc.hidden_size, tc.vocab_size, act=tc.hidden_act, eps=tc.layer_norm_eps)
+    head.tie_to(model.text_encoder.get_input_embeddings())
+    return {"mlm_head": head}
+
+
+def _bbox_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
+    # X²-VLM: box from the fusion [CLS]; FIBER: from the fused image patches, weighted by text alignment
+    head = (FiberBoxHead(model.vision_width, model.text_width) if model.architecture == "fiber"
+            else build_mlp(model.text_width, 4))
+    return {"bbox_head": head}
+
+
+#: the optional heads by name (``X2VLM.heads``), in build order: builder(model, model config) → {attribute: module}
+HEAD_BUILDERS = {
+    "mlm": _mlm_head,
+    "itc": _itc_head,  # temperature and the vision / text projections
+    "itm": lambda model, cfg: {"itm_head": build_mlp(model.text_width, 2)},
+    "bbox": _bbox_head,
+}
 
 
 def _report_keys(report) -> list[str]:

@@ -13,6 +13,7 @@ from models import X2VLMInference, load_model
 from models.api import box_pixels
 from models.captioning import prompt_token_ids
 from models.checkpoint import CheckpointError, save_checkpoint_weights
+from models.vqa import X2VLMForVQA
 from tests.conftest import TINY_CONFIG
 from utils.config import ConfigError, save_config
 
@@ -130,7 +131,7 @@ def test_load_from_output_folder_and_checkpoint_files(vlm, syn, images, tmp_path
     save_config(vlm.cfg, out)
     expected = vlm.similarity(images, TEXTS)
     again = load_model(out)  # model.safetensors + config.yaml; the VQA decoder found in the weights
-    assert type(again.model).__name__ == "X2VLMForVQA" and again.load_report.ok
+    assert isinstance(again.model, X2VLMForVQA) and again.load_report.ok
     torch.testing.assert_close(again.similarity(images, TEXTS), expected)
     # a step checkpoint of a training run finds the run's config one folder up
     (out / "checkpoints").mkdir()
@@ -150,7 +151,7 @@ def test_load_errors_name_the_file(syn, tmp_path: Path) -> None:
     torch.save({"model": {"not_a_key": torch.zeros(2)}}, th)
     with pytest.raises(ConfigError, match="pass the config"):
         load_model(th)
-    with pytest.raises(CheckpointError, match="wrong config"):
+    with pytest.raises(CheckpointError, match="does not fit this model.*use the model config"):
         load_model(th, config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.th", config=TINY_CONFIG)

@@ -135,3 +135,52 @@ def test_progress_bar_rank0_tty_and_switch(monkeypatch) -> None:
     monkeypatch.setenv("TQDM_DISABLE", "1")
     items = [1, 2]
     assert progress_bar(items, "off") is items
+
+
+def _tiny_checkpoint(tmp_path: Path, *overrides: str) -> Path:
+    import torch
+
+    from models.checkpoint import save_checkpoint_weights
+    from models.x2vlm import X2VLM
+    from utils.config import load_config
+    torch.manual_seed(0)
+    model = X2VLM.from_config(load_config(ROOT / "configs" / "models" / "tiny.yaml", list(overrides)),
+                              load_weights=False)
+    return save_checkpoint_weights(model, tmp_path / "ckpt")
+
+
+def test_tiny_checkpoint_into_base_model_stops_with_one_line(tmp_path: Path) -> None:
+    """3 of 575 keys would load: the script stops before training, naming the parts and what to do."""
+    files = generate(tmp_path / "syn", n_images=4, n_videos=0)
+    ckpt = _tiny_checkpoint(tmp_path)
+    config = tmp_path / "base_grounding.yaml"  # the grounding demo at base size (later bases win)
+    config.write_text(f"base: [{ROOT / 'configs/finetune/grounding_demo.yaml'}, "
+                      f"{ROOT / 'configs/models/x2vlm_base.yaml'}]\n")
+    line = _one_line(_run(["Grounding.py", "--config", str(config), "--device", "cpu", "--checkpoint", str(ckpt),
+                           "--output_dir", str(tmp_path / "out"),
+                           "--override", f"model.text.tokenizer={files['vocab']}"], tmp_path))
+    assert "Grounding.py: error: checkpoint" in line and "does not fit this model" in line
+    for part in ("vision encoder:", "text encoder:", "fusion:", "shape-mismatched", "--allow-partial-load"):
+        assert part in line, part
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("source", "target"), [("x2vlm", "fiber"), ("fiber", "x2vlm")])
+def test_checkpoint_of_the_other_architecture_stops_with_one_line(tmp_path: Path, source: str, target: str) -> None:
+    files = generate(tmp_path / "syn", n_images=4, n_videos=0)
+    ckpt = _tiny_checkpoint(tmp_path, f"model.architecture={source}", "model.fiber.layers=1")
+    args = ["Grounding.py", "--config", "configs/finetune/grounding_demo.yaml", "--device", "cpu",
+            "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "out"),
+            "--override", f"model.text.tokenizer={files['vocab']}", "--override", f"model.architecture={target}",
+            "--override", "model.fiber.layers=1", "--override", "train.steps=1",
+            "--override", "data.finetune.batch_size_train=2", "--override", f"data.root={files['root']}",
+            "--override", f"data.finetune.train_file=[{files['grounding_train']}]",
+            "--override", f"data.finetune.test_file=[{files['grounding_test']}]"]
+    line = _one_line(_run(args, tmp_path))
+    assert f"holds a model.architecture={source} model, but this model is {target}" in line
+    assert f"set model.architecture={source}" in line and "--allow-partial-load" in line
+    # the explicit option goes on: the summary line says what loaded and the run finishes
+    proc = _run(args + ["--allow-partial-load"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"checkpoint {ckpt}: " in proc.stdout and "keys loaded" in proc.stdout
+    assert (tmp_path / "out" / "load_report.txt").read_text().count("missing:") > 0

@@ -59,16 +59,18 @@ def test_swap_report_is_exact_and_weights_are_where_it_says(data, mode):
     keys = set(own)
     fusion_cross = {k for k in keys if k.startswith("fusion.") and ".crossattention." in k}
     fusion_rest = {k for k in keys if k.startswith("fusion.")} - fusion_cross
-    text = {k for k in keys if k.startswith("text_encoder.")} | {"mlm_head.predictions.decoder.weight"}
+    mlm_biases = MLM_BIASES & keys  # the retrieval model has no MLM head (as the official one)
+    tied = {"mlm_head.predictions.decoder.weight"} & keys
+    text = {k for k in keys if k.startswith("text_encoder.")} | tied
     heads = {k for k in keys
              if k.startswith(("text_proj.", "itm_head.", "bbox_head.", "mlm_head.predictions.transform."))}
     if mode == "full":
-        expect_fresh, expect_text = MLM_BIASES, text
+        expect_fresh, expect_text = mlm_biases, text
     elif mode == "cross_attention_only":
-        expect_fresh, expect_text = MLM_BIASES | heads, text | fusion_rest
+        expect_fresh, expect_text = mlm_biases | heads, text | fusion_rest
     else:
-        expect_fresh = MLM_BIASES
-        expect_text = {"text_encoder.embeddings.word_embeddings.weight", "mlm_head.predictions.decoder.weight"}
+        expect_fresh = mlm_biases
+        expect_text = {"text_encoder.embeddings.word_embeddings.weight"} | tied
     assert set(r.reinitialised) == expect_fresh
     assert set(r.from_text_model) == expect_text
     assert set(r.loaded) == keys - expect_fresh - expect_text  # every key in exactly one list
@@ -91,6 +93,30 @@ def test_swap_report_is_exact_and_weights_are_where_it_says(data, mode):
                                    english["text_encoder.encoder.layer.1.output.dense.weight"])
     else:
         assert model.text_encoder.config.model_type == "xlm-roberta"
+
+
+def test_cross_attention_only_swap_keeps_fibers_cross_attention(data, tmp_path):
+    """FIBER has no fusion layers of its own: ``cross_attention_only`` keeps every gated cross-attention (and the
+    vision side) of the English FIBER checkpoint; the text layers they sit in are the new model's."""
+    torch.manual_seed(3)
+    english = X2VLMRetrieval.from_config(load_config(TINY, ["model.architecture=fiber", "model.fiber.layers=1"]),
+                                         load_weights=False)
+    with torch.no_grad():
+        for p in english.fusion.parameters():
+            p.normal_()  # gates away from their 0 init, so a kept value is told apart from a fresh one
+    path = save_checkpoint_weights(english, tmp_path / "english_fiber")
+    cfg = load_config(TINY, ["model.architecture=fiber", "model.fiber.layers=1",
+                             f"model.text.name_or_path={data['xlmr']}", "model.text.swap.mode=cross_attention_only",
+                             f"model.text.swap.checkpoint={path}"])
+    model = X2VLMRetrieval.from_config(cfg)
+    r, own, source = model.swap_report, model.state_dict(), english.state_dict()
+    fusion = {k for k in own if k.startswith("fusion.")}
+    assert fusion and fusion <= set(r.loaded)
+    for k in fusion | {k for k in own if k.startswith("vision_encoder.")} - {k for k in own if "position_index" in k}:
+        torch.testing.assert_close(own[k], source[k], msg=k)
+    assert not (r.unexpected or r.mismatched)
+    assert {k for k in own if k.startswith("text_encoder.")} <= set(r.from_text_model)
+    assert set(r.reinitialised) == {k for k in own if k.startswith(("text_proj.", "itm_head."))}
 
 
 def test_swap_needs_the_english_checkpoint(data):

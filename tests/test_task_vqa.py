@@ -132,8 +132,11 @@ def test_decoder_starts_from_the_pretrained_model(tmp_path):
             torch.testing.assert_close(dec.layers[i].state_dict()[key], value)
     torch.testing.assert_close(dec.bert.embeddings.word_embeddings.weight,
                                model.text_encoder.embeddings.word_embeddings.weight)
+    # the LM head from the checkpoint's MLM head (the VQA model itself has none, as the official one)
     torch.testing.assert_close(dec.cls.predictions.transform.dense.weight,
-                               model.mlm_head.predictions.transform.dense.weight)
+                               pretrained.mlm_head.predictions.transform.dense.weight)
+    assert not hasattr(model, "mlm_head") and model.decoder_source == "encoder"
+    assert model.load_report.missing == [] and "mlm_head.predictions.transform.dense.weight" in model.load_report.unused
     # decoder parameters get optimizer.lr_mult (official large_lr_for_dec), loaded encoder ones do not
     dec_names = {"text_decoder." + n for n, _ in dec.named_parameters()}
     assert dec_names <= model.fresh_parameters
@@ -227,8 +230,8 @@ def test_finetune_beats_the_best_constant_answer(syn, tmp_path):
     assert all(set(r) == {"question_id", "answer"} and r["answer"] in answer_list for r in results)
 
     gts = {r["question_id"]: r["answer"] for r in test}
-    acc = vqa_accuracy(results, gts, normalize_gt=True)
-    _, chance = best_constant_accuracy(gts, answer_list, normalize_gt=True)
+    acc = vqa_accuracy(results, gts)
+    _, chance = best_constant_accuracy(gts, answer_list)
     metrics = json.loads((out / "vqa_eval.json").read_text())
     assert metrics == returned
     assert metrics["vqa_acc"] == pytest.approx(acc["vqa_acc"])

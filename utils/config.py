@@ -166,7 +166,13 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str | None 
         "--override", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --override model.image_res=384 (repeatable)",
     )
+    parser.add_argument("--allow-partial-load", action="store_true",
+                        help="go on when a checkpoint leaves backbone weights at random init (sets "
+                             "model.allow_partial_load; by default such a load stops the script)")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
-    return load_config(args.config, args.override)
+    overrides = list(args.override)
+    if getattr(args, "allow_partial_load", False):
+        overrides.append("model.allow_partial_load=true")
+    return load_config(args.config, overrides)

@@ -9,6 +9,14 @@ Used by the task scripts (retrieval, grounding) and by the end-of-pretraining ze
   ITC order, the official code gives them all -100, a tie). Keys ``txt_r{1,5,10}`` (image → text),
   ``img_r{1,5,10}`` (text → image), ``txt_r_mean``, ``img_r_mean``, ``r_mean`` for the final scores and the
   same with an ``itc_`` prefix for similarity-only ranking, plus ``chance_*`` (a random ranking's recall).
+
+  **Scores and ties.** Similarities and ITM logits are float32 whatever the model's dtype (a bf16 model's
+  logits are cast before they enter the score matrix; the ITC product is taken in float32, outside autocast).
+  Every ranking — the ITC top-k selection of the candidates to re-rank and the rank of the positive in recall
+  — is a stable descending sort (:func:`rank_order`): **among equal scores the candidate with the lower index
+  (its order in the evaluation file: text order for image → text, image order for text → image) ranks
+  first.** The official code (``np.argsort(score)[::-1]``, ``topk``) leaves the order of ties to the sort
+  algorithm, which moved R@1 by up to a point between equivalent orderings of bf16 scores.
 * :func:`evaluate_grounding` — one box per referring expression from whole-image tokens; ``acc`` = percent
   with IoU ≥ 0.5, ``miou`` = mean IoU in percent, ``chance_acc`` / ``chance_miou`` = the better constant box
   (the whole image, or a centred box of the mean target size).
@@ -34,7 +42,7 @@ from torch import nn
 from torch.utils.data import Subset
 from torchvision.ops import box_convert, box_iou
 
-from utils.metrics import box_accuracy, recall_at_k
+from utils.metrics import box_accuracy
 
 #: Keys of the config section ``eval`` and their defaults (the section may be absent: nothing is evaluated).
 EVAL_DEFAULTS: dict[str, Any] = {
@@ -46,6 +54,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "text_batch_size": 256,    # texts per text-encoder pass
     "itm_batch_size": 256,     # image-text pairs per ITM forward pass while re-ranking
     "num_workers": None,       # DataLoader workers (null: data.num_workers)
+    "caption_tokenizer": "ptb",  # Captioning.py scoring: ptb (COCO's, runs java) or simple (utils/caption_metrics.py)
 }
 
 KS = (1, 5, 10)
@@ -96,6 +105,32 @@ def progress_bar(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
 
 
+#: Queries ranked at a time: bounds the ``(rows, candidates)`` int64 sort indices of a ranking.
+RANK_CHUNK = 1024
+
+
+def rank_order(scores: torch.Tensor) -> torch.Tensor:
+    """Candidate indices of each row of ``scores`` ``(Q, C)``, best first, by a stable descending sort: among
+    equal scores the candidate with the lower index ranks first (the tie rule of every retrieval ranking)."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def first_positive_rank(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """``(Q,)`` int64: the 0-based rank of each query's best-ranked positive in :func:`rank_order` (ties:
+    lower index first), i.e. the number of candidates that score higher than it, plus those that score the
+    same and have a lower index; the int64 maximum for a query without positives (never a hit)."""
+    if scores.shape != positives.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} differ")
+    positives = positives.to(scores.device).bool()
+    out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+    for start in range(0, scores.shape[0], RANK_CHUNK):
+        stop = min(start + RANK_CHUNK, scores.shape[0])
+        hits = positives[start:stop].gather(1, rank_order(scores[start:stop]))
+        rank = (hits.cumsum(1) == 0).sum(1)  # leading misses = position of the first hit
+        out[start:stop] = torch.where(hits.any(1), rank, torch.iinfo(torch.long).max)
+    return out
+
+
 def _shard(n: int, rank: int, world: int) -> range:
     """Contiguous rows of ``n`` handled by ``rank`` (as the official loop: ``n // world + 1`` per rank)."""
     step = n // world + 1
@@ -141,41 +176,48 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
 def _rerank(sims: torch.Tensor, k: int, rows: range,
             pair_scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pair_batch: int,
             queries_are_images: bool) -> torch.Tensor:
-    """Scores ``(Q, C)``: rows outside ``rows`` are 0 (other ranks fill them); in ``rows``, the top ``k``
-    candidates by similarity get ``pair_scores(image_ids, text_ids)`` and the others rank below all of them,
-    in similarity order (``lowest ITM score - 1 - (max similarity - similarity)``). Pairs are scored in
-    batches of ``pair_batch`` sorted by image, so that a batch holds few distinct images (their fusion
-    keys/values are projected once per batch)."""
-    out = torch.zeros_like(sims)
+    """Float32 scores ``(Q, C)``: rows outside ``rows`` are 0 (other ranks fill them); in ``rows``, the top
+    ``k`` candidates by similarity (:func:`rank_order`: among equal similarities the lower index is taken)
+    get ``pair_scores(image_ids, text_ids)`` cast to float32, and the others rank below all of them in that
+    same similarity order: the candidate at similarity rank ``k + j`` gets ``lowest ITM score - 1 - j``
+    (distinct values, so no new ties). Pairs are scored in batches of ``pair_batch`` sorted by image, so
+    that a batch holds few distinct images (their fusion keys/values are projected once per batch)."""
+    out = torch.zeros(sims.shape, dtype=torch.float32, device=sims.device)
     if len(rows) == 0:
         return out
-    block = sims[rows.start:rows.stop]
-    top = block.topk(k, dim=1).indices
+    block = sims[rows.start:rows.stop].float()
+    part = out[rows.start:rows.stop]
+    below = -torch.arange(1, sims.shape[1] - k + 1, dtype=torch.float32, device=sims.device)
+    top = torch.empty(len(rows), k, dtype=torch.long, device=sims.device)
+    for start in range(0, len(rows), RANK_CHUNK):
+        order = rank_order(block[start:start + RANK_CHUNK])
+        top[start:start + RANK_CHUNK] = order[:, :k]
+        part[start:start + RANK_CHUNK].scatter_(1, order[:, k:], below.expand(order.shape[0], -1))
     query = torch.arange(rows.start, rows.stop, device=sims.device).repeat_interleave(k)
     cand = top.flatten()
     image_ids, text_ids = (query, cand) if queries_are_images else (cand, query)
     order = torch.argsort(image_ids, stable=True)
-    scores = torch.empty(query.numel(), dtype=out.dtype, device=sims.device)
+    scores = torch.empty(query.numel(), dtype=torch.float32, device=sims.device)
     for start in progress_bar(range(0, order.numel(), pair_batch), "ITM re-rank"):
         sel = order[start:start + pair_batch]
-        scores[sel] = pair_scores(image_ids[sel], text_ids[sel]).to(out.dtype)
+        scores[sel] = pair_scores(image_ids[sel], text_ids[sel]).float()
     scores = scores.view(len(rows), k)
-    floor = scores.min(1, keepdim=True).values - 1
-    out[rows.start:rows.stop] = floor - (block.max(1, keepdim=True).values - block)
-    out[rows.start:rows.stop].scatter_(1, top, scores)
+    part += scores.min(1, keepdim=True).values  # the others: lowest ITM score - 1, - 2, ... in ITC order
+    part.scatter_(1, top, scores)
     return out
 
 
 def itm_pair_scorer(model: nn.Module, image_embeds: torch.Tensor, image_atts: torch.Tensor,
                     text_embeds: torch.Tensor, text_atts: torch.Tensor
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``f(image_ids, text_ids) -> (P,)`` ITM match logits of the pairs; each distinct image of a call is
-    fused once (``image_index``), not once per pair."""
+    """``f(image_ids, text_ids) -> (P,)`` float32 ITM match logits of the pairs (a bf16 model's logits are
+    cast, so the score matrix is float32 whatever the model's dtype); each distinct image of a call is fused
+    once (``image_index``), not once per pair."""
     def pair_scores(image_ids: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
         unique, inverse = torch.unique(image_ids, return_inverse=True)
         logits = model.itm_logits(image_embeds[unique], image_atts[unique], text_embeds[text_ids],
                                   text_atts[text_ids], image_index=inverse)
-        return logits[:, 1]
+        return logits[:, 1].float()
     return pair_scores
 
 
@@ -184,8 +226,10 @@ def retrieval_scores(model: nn.Module, loader, device, k_test: int, itm_rerank: 
                      tokenizer, max_tokens: int = 30, text_batch_size: int = 256, itm_batch_size: int = 256,
                      all_reduce: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sims, scores_i2t, scores_t2i)``: ITC similarity ``(I, T)`` and the final image→text ``(I, T)`` and
-    text→image ``(T, I)`` scores (``sims`` / ``sims.t()`` without ``itm_rerank``). With ``dist_info`` of
-    ``world_size`` > 1 each rank re-ranks its share of the queries, then the matrices are summed over ranks
+    text→image ``(T, I)`` scores (``sims`` / ``sims.t()`` without ``itm_rerank``), all float32: the similarity
+    is the product of the ITC features cast to float32 (autocast off), the re-ranked scores are float32 ITM
+    logits (:func:`_rerank`; its top k ties go to the lower index). With ``dist_info`` of ``world_size`` > 1
+    each rank re-ranks its share of the queries, then the matrices are summed over ranks
     (``all_reduce=False`` returns this rank's partial matrices: zero rows for the other ranks' queries)."""
     model = _unwrap(model)
     was_training = model.training
@@ -193,7 +237,8 @@ def retrieval_scores(model: nn.Module, loader, device, k_test: int, itm_rerank: 
     try:
         img_emb, img_atts, img_feat, txt_emb, txt_atts, txt_feat = _embed_retrieval(
             model, loader, tokenizer, device, max_tokens, text_batch_size)
-        sims = (img_feat @ txt_feat.t()).float()
+        with torch.autocast(img_feat.device.type, enabled=False):  # fp32 even under an enclosing autocast
+            sims = img_feat.float() @ txt_feat.float().t()
         if not itm_rerank:
             return sims, sims, sims.t().contiguous()
         rank, world = _world(dist_info)
@@ -223,16 +268,26 @@ def positives_matrix(txt2img: dict[int, int] | Sequence[int], n_images: int) -> 
 def recall_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, positives: torch.Tensor,
                    prefix: str = "") -> dict[str, float]:
     """Official-style keys: ``txt_r*`` rank texts per image (rows of ``scores_i2t``), ``img_r*`` rank images per
-    text (rows of ``scores_t2i``); ``*_r_mean`` average the three, ``r_mean`` both means."""
+    text (rows of ``scores_t2i``); ``*_r_mean`` average the three, ``r_mean`` both means.
+
+    A query is a hit at K when its best-ranked positive has rank < K in :func:`rank_order` of its float32
+    scores: among equal scores the candidate with the lower index ranks first (a positive tied with a
+    lower-index negative ranks below it; tied with a higher-index one, above it)."""
     positives = positives.to(scores_i2t.device)
-    txt = recall_at_k(scores_i2t, positives, KS)
-    img = recall_at_k(scores_t2i.to(scores_i2t.device), positives.t(), KS)
+    txt = _recall(scores_i2t, positives)
+    img = _recall(scores_t2i.to(scores_i2t.device), positives.t())
     out = {f"{prefix}txt_r{k}": v for k, v in txt.items()}
     out[f"{prefix}txt_r_mean"] = sum(txt.values()) / len(txt)
     out |= {f"{prefix}img_r{k}": v for k, v in img.items()}
     out[f"{prefix}img_r_mean"] = sum(img.values()) / len(img)
     out[f"{prefix}r_mean"] = (out[f"{prefix}txt_r_mean"] + out[f"{prefix}img_r_mean"]) / 2
     return out
+
+
+def _recall(scores: torch.Tensor, positives: torch.Tensor) -> dict[int, float]:
+    """Recall@K (percent) for K in :data:`KS` under the tie rule of :func:`first_positive_rank`."""
+    rank = first_positive_rank(scores.float(), positives)
+    return {k: float((rank < k).float().mean() * 100) for k in KS}
 
 
 def _chance_recall(n_candidates: int, n_positive: int, k: int) -> float:
@@ -489,4 +544,5 @@ def format_results(results: dict[str, float]) -> str:
 __all__ = ["EVAL_DEFAULTS", "evaluate_retrieval", "evaluate_grounding", "zero_shot_eval", "retrieval_scores",
            "recall_metrics", "retrieval_chance", "grounding_chance", "positives_matrix", "predict_grounding",
            "xywh_pixels_to_cxcywh", "box_ious", "eval_settings", "format_results", "winoground_metrics",
-           "winoground_scores", "evaluate_winoground", "WINOGROUND_CHANCE", "progress_bar"]
+           "winoground_scores", "evaluate_winoground", "WINOGROUND_CHANCE", "progress_bar", "rank_order",
+           "first_positive_rank"]

@@ -70,6 +70,28 @@ def setup_task(args: argparse.Namespace) -> TaskContext:
     return TaskContext(cfg, dist_info, load_tokenizer(cfg), Path(cfg["output_dir"]), args)
 
 
+def report_weights(model: nn.Module, is_main: bool, output_dir: str | Path) -> None:
+    """Rank 0: print one line per source of the model's weights (vision weights, text-encoder swap, checkpoint)
+    and write every key of those reports to ``output_dir/load_report.txt``."""
+    reports = [r for r in (getattr(model, name, None) for name in ("init_report", "swap_report", "load_report"))
+               if r is not None]
+    if not is_main or not reports:
+        return
+    for report in reports:
+        print(report.summary())
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "load_report.txt").write_text("\n\n".join(str(r) for r in reports) + "\n", encoding="utf-8")
+
+
+def build_model(ctx: TaskContext, cls: type[nn.Module]) -> nn.Module:
+    """``cls.from_config(ctx.cfg)`` (a checkpoint that does not fit stops here: ``model.allow_partial_load``),
+    then :func:`report_weights`."""
+    model = cls.from_config(ctx.cfg)
+    report_weights(model, ctx.dist.is_main, ctx.output_dir)
+    return model
+
+
 def steps_for_epochs(cfg: dict, batches_per_epoch: int) -> int:
     """``train.steps``, or, when ``train.epochs`` > 0, the optimiser steps that many epochs take."""
     epochs = cfg["train"].get("epochs", 0) or 0

@@ -1,18 +1,29 @@
-"""VQA accuracy as the official VQA evaluation computes it (the ``vqaEval`` tool shipped with X²-VLM as
-``vqaTools/vqaEval.py``), re-implemented from its rules.
+"""VQA accuracy exactly as X²-VLM's evaluator computes it — ``vqaTools/vqaEval.py`` of zengyan-97/X2-VLM
+(the VQA API's ``vqaEval.py`` as X²-VLM ships it) — re-implemented from its rules.
 
-* **Answer normalisation** (:func:`normalize_answer`, applied to every predicted answer): newlines and tabs
-  become spaces, the ends are stripped, then :func:`process_punctuation` and :func:`process_digit_article`.
-* **Ground-truth answers** are taken as they are in the annotation file — the official files are already
-  normalised — except that when a question's annotators disagree (more than one distinct answer) each of
-  them goes through :func:`process_punctuation`. ``normalize_gt=True`` instead normalises every ground-truth
-  answer like a prediction, for annotation files that were not normalised (e.g. number words: the official
-  rule turns a predicted "three" into "3", which an unnormalised "three" would then never match).
-* **Soft score** of one question with n annotator answers (n = 10 in VQA v2): for each annotator i, the
-  prediction scores ``min(1, #{j ≠ i : answer_j == prediction} / 3)``; the question's accuracy is the mean
-  over the n leave-one-out subsets. With 10 answers of which m match: 0, 0.3, 0.6, 0.9, 1.0 for m = 0..≥4.
+Per question, with the prediction and the n annotator answers (n = 10 in VQA v2):
 
-Accuracies returned by :func:`vqa_accuracy` / :func:`best_constant_accuracy` are percentages in [0, 100].
+1. **The prediction, always** (:func:`normalize_answer`): newlines and tabs become spaces, the ends are
+   stripped, then :func:`process_punctuation` and :func:`process_digit_article` (lower case, number words →
+   digits, no articles, contractions).
+2. **The ground-truth answers** are compared as the annotation file has them — no stripping, no lower case,
+   no number or article processing — except that when the annotators disagree (more than one distinct raw
+   answer) each of them goes through :func:`process_punctuation` only (:func:`ground_truth_forms`). A
+   unanimous "Yes", "two", "a dog" or "t-shirt" is therefore never matched (the prediction becomes "yes",
+   "2", "dog", "t shirt"): the rule takes annotation files whose answers are already in normalised form.
+3. **Soft score**: for each annotator i the prediction scores ``min(1, #{j ≠ i : answer_j == prediction} / 3)``;
+   the question's accuracy is the mean over the n leave-one-out subsets. With 10 answers of which m match:
+   0, 0.3, 0.6, 0.9, 1.0 for m = 0..≥4. (The official code leaves out one answer *record*; VQA v2 records
+   differ by ``answer_id``, so exactly one is left out, as here by position.)
+
+X²-VLM's file is GT-Vision-Lab/VQA's ``vqaEval.py`` of 2016 (ported to Python 3); the 2021 revision there
+("Fixed processing answers bug") differs and is *not* followed here: it strips the ground-truth answers too
+and processes the prediction — then both sides fully — only when the annotators disagree. The punctuation,
+number, article and contraction tables are the same in both.
+
+The overall accuracy is the mean of the per-question accuracies. The official tool reports it (and each
+per-question value) as ``round(100 * accuracy, 2)``; :func:`vqa_accuracy` and :func:`best_constant_accuracy`
+return the unrounded percentage in [0, 100] — round to 2 decimals to compare with the official number.
 """
 from __future__ import annotations
 
@@ -90,25 +101,28 @@ def process_digit_article(text: str) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-    """The official processing of a predicted answer."""
+    """The official processing of a predicted answer: newlines and tabs → spaces, ends stripped, then
+    :func:`process_punctuation` and :func:`process_digit_article`."""
     text = answer.replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(text))
 
 
-def _ground_truth(answers: Sequence[str], normalize_gt: bool) -> list[str]:
-    if normalize_gt:
-        return [normalize_answer(a) for a in answers]
+def ground_truth_forms(answers: Sequence[str]) -> list[str]:
+    """The annotators' answers as the official rule compares them: as given, or — when they disagree (more
+    than one distinct answer) — each through :func:`process_punctuation` (nothing else)."""
+    if isinstance(answers, str):
+        raise TypeError("ground-truth answers must be a sequence of strings, not one string")
     if len(set(answers)) > 1:
         return [process_punctuation(a) for a in answers]
     return list(answers)
 
 
-def vqa_score(prediction: str, answers: Sequence[str], normalize_gt: bool = False) -> float:
+def vqa_score(prediction: str, answers: Sequence[str]) -> float:
     """Accuracy in [0, 1] of one predicted answer against the annotators' ``answers`` (see module doc)."""
-    if not answers:
+    gts = ground_truth_forms(answers)
+    if not gts:
         raise ValueError("vqa_score needs at least one ground-truth answer")
     pred = normalize_answer(prediction)
-    gts = _ground_truth(answers, normalize_gt)
     matches = sum(g == pred for g in gts)
     # leave annotator i out: the others that match are matches - [gt_i matches]
     total = sum(min(1.0, (matches - (g == pred)) / 3.0) for g in gts)
@@ -122,12 +136,13 @@ def _answers_of(results: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
     return out
 
 
-def vqa_accuracy(results: Iterable[Mapping[str, Any]], ground_truth: Mapping[Any, Sequence[str]],
-                 normalize_gt: bool = False) -> dict[str, float]:
+def vqa_accuracy(results: Iterable[Mapping[str, Any]],
+                 ground_truth: Mapping[Any, Sequence[str]]) -> dict[str, float]:
     """``results`` in the submission format ``[{question_id, answer}]``; ``ground_truth`` {question_id:
-    [annotator answers]}. Returns ``vqa_acc`` (the official soft accuracy), ``exact_acc`` (the normalised
-    prediction equals the most frequent normalised answer) in percent, and ``n_questions``. Every question of
-    ``ground_truth`` must have a result."""
+    [annotator answers]} as in the annotation file (nothing is normalised beforehand). Returns ``vqa_acc``
+    (the official soft accuracy), ``exact_acc`` (the prediction equals the most frequent answer, both in the
+    form the official rule compares them: :func:`normalize_answer`, :func:`ground_truth_forms`) in percent,
+    and ``n_questions``. Every question of ``ground_truth`` must have a result."""
     preds = _answers_of(results)
     missing = [q for q in ground_truth if q not in preds]
     if missing:
@@ -136,23 +151,25 @@ def vqa_accuracy(results: Iterable[Mapping[str, Any]], ground_truth: Mapping[Any
         raise ValueError("vqa_accuracy: no questions")
     soft = exact = 0.0
     for qid, answers in ground_truth.items():
-        soft += vqa_score(preds[qid], answers, normalize_gt)
-        top = Counter(normalize_answer(a) for a in answers).most_common(1)[0][0]
+        soft += vqa_score(preds[qid], answers)
+        top = Counter(ground_truth_forms(answers)).most_common(1)[0][0]
         exact += float(normalize_answer(preds[qid]) == top)
     n = len(ground_truth)
     return {"vqa_acc": 100.0 * soft / n, "exact_acc": 100.0 * exact / n, "n_questions": n}
 
 
-def best_constant_accuracy(ground_truth: Mapping[Any, Sequence[str]], candidates: Iterable[str],
-                           normalize_gt: bool = False) -> tuple[str, float]:
+def best_constant_accuracy(ground_truth: Mapping[Any, Sequence[str]],
+                           candidates: Iterable[str]) -> tuple[str, float]:
     """The candidate answer that, given to every question, scores the highest VQA accuracy (percent) — the
-    chance level of a model that ignores image and question. Ties go to the earlier candidate."""
+    chance level of a model that ignores image and question. Ties go to the earlier candidate. Equal to
+    scoring each constant through :func:`vqa_accuracy`, in one pass over the questions."""
     if not ground_truth:
         raise ValueError("best_constant_accuracy: no questions")
-    # a constant scores only on questions where one of the annotators gave it: sum its score per answer
+    # a constant scores only on questions where one of the annotators' (compared) answers equals its
+    # normalised form: sum, per compared answer, what a prediction equal to it scores
     totals: Counter = Counter()
     for answers in ground_truth.values():
-        gts = _ground_truth(answers, normalize_gt)
+        gts = ground_truth_forms(answers)
         n = len(gts)
         for g, m in Counter(gts).items():
             totals[g] += (m * min(1.0, (m - 1) / 3.0) + (n - m) * min(1.0, m / 3.0)) / n
@@ -166,5 +183,5 @@ def best_constant_accuracy(ground_truth: Mapping[Any, Sequence[str]], candidates
     return best, best_acc
 
 
-__all__ = ["normalize_answer", "process_punctuation", "process_digit_article", "vqa_score", "vqa_accuracy",
-           "best_constant_accuracy", "PUNCTUATION", "NUMBER_WORDS", "ARTICLES", "CONTRACTIONS"]
+__all__ = ["normalize_answer", "ground_truth_forms", "process_punctuation", "process_digit_article", "vqa_score",
+           "vqa_accuracy", "best_constant_accuracy", "PUNCTUATION", "NUMBER_WORDS", "ARTICLES", "CONTRACTIONS"]
