@@ -12,6 +12,9 @@ class TokenizeCollate:
     ``<prefix>_atts`` (padded to the longest in the batch, cut at ``max_tokens``).
 
     ``fields`` maps a batch key to the prefix, e.g. ``{"caption": "text", "answers": "answer"}``.
+    The batch also gets ``_truncated`` (how many of its texts had more than ``max_tokens`` tokens and were cut)
+    and ``_texts`` (how many texts it tokenised), plain ints like ``_skipped``: a DataLoader worker's counts
+    travel with its batches, and :class:`dataset.sampling.EpochStream` sums them in the main process.
     Picklable, so it runs inside DataLoader workers.
     """
 
@@ -20,14 +23,29 @@ class TokenizeCollate:
         self.collate, self.tokenizer, self.max_tokens, self.fields = collate, tokenizer, max_tokens, dict(fields)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_tokens,
+        return self.tokenize_counted(texts)[:2]
+
+    def tokenize_counted(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(ids, atts, n_truncated)``: ids and mask cut at ``max_tokens``, and how many texts were cut."""
+        texts = list(texts)
+        enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_tokens,
                              return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        encodings = getattr(enc, "encodings", None)
+        if encodings is not None:  # a fast (Rust) tokenizer keeps what truncation removed: free to count
+            n_cut = sum(bool(e.overflowing) for e in encodings)
+        else:  # a Python tokenizer: the uncut lengths
+            n_cut = sum(len(ids) > self.max_tokens for ids in self.tokenizer(texts)["input_ids"])
+        return enc["input_ids"], enc["attention_mask"], n_cut
 
     def __call__(self, samples: list) -> dict[str, Any]:
         batch = self.collate(samples)
+        n_cut = n_texts = 0
         for key, prefix in self.fields.items():
             if key not in batch:
                 raise KeyError(f"TokenizeCollate: batch has no text field '{key}' (has {sorted(batch)})")
-            batch[f"{prefix}_ids"], batch[f"{prefix}_atts"] = self.tokenize(batch.pop(key))
+            texts = batch.pop(key)
+            batch[f"{prefix}_ids"], batch[f"{prefix}_atts"], cut = self.tokenize_counted(texts)
+            n_cut, n_texts = n_cut + cut, n_texts + len(texts)
+        batch["_truncated"] = batch.get("_truncated", 0) + n_cut
+        batch["_texts"] = batch.get("_texts", 0) + n_texts
         return batch

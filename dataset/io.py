@@ -11,6 +11,7 @@ import binascii
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,20 @@ Image.MAX_IMAGE_PIXELS = None
 
 class BadSample(ValueError):
     """One annotation record or its media cannot be used; the message names the file (and line)."""
+
+
+class MissingField(BadSample):
+    """A record lacks a field its format needs (the message names the field; the reader adds file and record)."""
+
+
+def need(record: dict, key: str, fmt: str = "") -> Any:
+    """``record[key]``, or :class:`MissingField` naming the field (and, with ``fmt``, the fields the format
+    needs, e.g. ``"a grounding record needs image, text, bbox"``)."""
+    try:
+        return record[key]
+    except KeyError:
+        have = ", ".join(sorted(map(str, record))) or "none"
+        raise MissingField(f"record has no field '{key}'{f' ({fmt})' if fmt else ''}; its fields: {have}") from None
 
 
 def list_annotation_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -133,14 +148,31 @@ def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
         raise BadSample(f"{what}: corrupt or unreadable image ({e})") from e
 
 
-def load_image(value: str | bytes, is_path: bool = True, root: str | os.PathLike | None = None,
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
+#: shortest image field taken for base64 text (an encoded image is far longer; a 1x1 PNG is ~90 characters)
+MIN_BASE64_CHARS = 64
+
+
+def looks_like_base64(value: Any) -> bool:
+    """True for a string that can only be base64 image data, not a path: at least :data:`MIN_BASE64_CHARS`
+    characters, all of the base64 alphabet (letters, digits, ``+``, ``/``, ``=``, line breaks), so no ``.``,
+    ``_`` or ``-`` as file names have."""
+    return isinstance(value, str) and len(value) >= MIN_BASE64_CHARS and _BASE64_TEXT.fullmatch(value) is not None
+
+
+def load_image(value: str | bytes, is_path: bool | None = True, root: str | os.PathLike | None = None,
                where: str = "") -> Image.Image:
-    """Open an image from a path (joined to ``root`` when relative) or from base64 text / raw bytes."""
+    """Open an image from a path (joined to ``root`` when relative) or from base64 text / raw bytes.
+
+    ``is_path``: True (a path), False (base64 text), None (decide per value with :func:`looks_like_base64`:
+    the task datasets take either in their image fields)."""
     prefix = f"{where}: " if where else ""
     if isinstance(value, bytes):
         return decode_image_bytes(value, f"{prefix}image bytes")
     if not isinstance(value, str) or not value:
         raise BadSample(f"{prefix}image field is empty or not a string")
+    if is_path is None:
+        is_path = not looks_like_base64(value)
     if is_path:
         path = Path(root) / value if root and not os.path.isabs(value) else Path(value)
         try:

@@ -2,6 +2,8 @@
 
 Every sample carries ``skipped`` (broken records replaced to produce it); collates sum it into ``_skipped``,
 which :class:`MixedLoader` removes from the batch and accumulates per source (see ``MixedLoader.skipped``).
+Texts cut at ``max_tokens`` are counted the same way: ``truncated`` per text, ``_truncated`` (and ``_texts``)
+per batch, summed by each source's :class:`dataset.sampling.EpochStream` (``MixedLoader.counters``).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.io import AnnotationIndex, BadSample, load_image
+from dataset.io import AnnotationIndex, BadSample, load_image, need
 from dataset.robust import SkipGuard, robust_fetch
 from dataset.sampling import EpochStream, sample_seed, seeded_random
 from dataset.text import TextProcessor, choose_caption
@@ -64,7 +66,7 @@ class _AnnotationDataset(Dataset):
             return self.load(i)
         except BadSample as e:
             msg = str(e)
-            raise BadSample(msg if msg.startswith(where) else f"{where}: {msg}") from e
+            raise type(e)(msg if msg.startswith(where) else f"{where}: {msg}") from e
         except (KeyError, TypeError, ValueError, OSError) as e:
             raise BadSample(f"{where}: {e.__class__.__name__}: {e}") from e
 
@@ -90,8 +92,9 @@ class ImageTextDataset(_AnnotationDataset):
         self.is_path, self.language = is_image_rpath, language
 
     def from_record(self, ann: dict) -> dict:
-        caption = choose_caption(ann[self.caption_key], self.language)
-        image = load_image(ann[self.image_key], self.is_path, self.root)
+        fmt = f"an image-text record needs {self.image_key}, {self.caption_key} (data.images.*_key)"
+        caption = choose_caption(need(ann, self.caption_key, fmt), self.language)
+        image = load_image(need(ann, self.image_key, fmt), self.is_path, self.root)
         pixels, (caption,) = self.transform(image, [caption])
         return {"image": pixels, **self.text.encode(caption)}
 
@@ -113,10 +116,11 @@ class RegionTextDataset(_AnnotationDataset):
         self.is_path, self.max_regions = is_image_rpath, max_regions
 
     def from_record(self, ann: dict) -> dict:
-        elems = ann["elems"]
+        fmt = f"a region record needs {self.image_key} (data.regions.image_key), elems"
+        elems = need(ann, "elems", fmt)
         if not isinstance(elems, list) or not elems:
             raise BadSample("record has no 'elems'")
-        image = load_image(ann[self.image_key], self.is_path, self.root)
+        image = load_image(need(ann, self.image_key, fmt), self.is_path, self.root)
         W, H = image.size
         boxes = torch.tensor([check_box(e["bb"], W, H, where=f"elem {k}") for k, e in enumerate(elems)])
         texts = []
@@ -173,7 +177,8 @@ class VideoTextDataset(_AnnotationDataset):
     def select(self, ann: dict, rng: random.Random | None = None) -> tuple[Any, str]:
         """The record's frame source (merged frame list for clip records) and its caption text."""
         rng = rng or random
-        video, caption = ann[self.video_key], ann[self.caption_key]
+        fmt = f"a video-text record needs {self.video_key}, {self.caption_key} (data.videos.*_key)"
+        video, caption = need(ann, self.video_key, fmt), need(ann, self.caption_key, fmt)
         if isinstance(video, list) and video and all(isinstance(c, list) for c in video):
             per_clip = isinstance(caption, list)
             if per_clip and len(caption) != len(video):
@@ -206,7 +211,8 @@ def collate_image_text(samples: list[dict]) -> dict[str, Any]:
     batch = {"images": torch.stack([s["image"] for s in samples]), **_stack_text(samples),
              "image_index": torch.arange(n), "boxes": torch.tensor([WHOLE_IMAGE_BOX] * n),
              "is_region": torch.zeros(n, dtype=torch.bool), "ids": torch.arange(n),
-             "_skipped": sum(s["skipped"] for s in samples)}
+             "_skipped": sum(s["skipped"] for s in samples),
+             "_truncated": sum(s.get("truncated", 0) for s in samples), "_texts": n}
     return batch
 
 
@@ -243,7 +249,8 @@ class RegionCollate:
                 "image_index": torch.tensor([owner[j] for j in keep]),
                 "boxes": torch.tensor([boxes[j] for j in keep], dtype=torch.float),
                 "is_region": torch.tensor([is_region[j] for j in keep], dtype=torch.bool),
-                "ids": torch.tensor(keep), "_skipped": sum(s["skipped"] for s in samples)}
+                "ids": torch.tensor(keep), "_skipped": sum(s["skipped"] for s in samples),
+                "_truncated": sum(rows[j].get("truncated", 0) for j in keep), "_texts": len(keep)}
 
 
 def merge_batches(batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -294,6 +301,11 @@ class MixedLoader:
     @property
     def epochs(self) -> dict[str, int]:
         return {name: s.epoch for name, s in self.streams.items()}
+
+    def counters(self) -> dict[str, int]:
+        """``truncated_texts``: texts cut at ``max_tokens`` over all sources since this process started
+        (each source's epoch-end line has its own count; skipped samples: :attr:`skipped`)."""
+        return {"truncated_texts": sum(s.counters()["truncated_texts"] for s in self.streams.values())}
 
     def state_dict(self) -> dict[str, dict[str, int]]:
         return {"epochs": self.epochs, "consumed": {name: s.consumed for name, s in self.streams.items()},

@@ -10,7 +10,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from torch.utils.data import DataLoader, DistributedSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 log = logging.getLogger("x2vlm.data")
 
@@ -61,6 +62,10 @@ class ResumableDistributedSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class EpochStream:
     """Endless iteration over ``loader``'s epochs (``set_epoch`` of the sampler and the dataset each time)
     with a resumable position.
@@ -68,6 +73,12 @@ class EpochStream:
     :meth:`state_dict` is ``{"epoch", "consumed"}`` (batches drawn in the current epoch). After
     :meth:`load_state_dict` the stream continues exactly: a :class:`ResumableDistributedSampler` skips the
     consumed indices; any other loader (e.g. a webdataset stream) re-reads and drops the consumed batches.
+
+    It also sums the batches' bookkeeping ints (left in the batch): ``_truncated`` / ``_texts`` (texts cut at
+    ``max_tokens`` / texts tokenised, :class:`dataset.collate.TokenizeCollate` and the pretraining collates)
+    and ``_skipped`` (broken samples replaced). :meth:`counters` gives the totals of this process (for the
+    training log); at the end of each epoch one line reports the epoch's counts when any is non-zero
+    (rank 0; counts start at zero in a resumed process).
     """
 
     def __init__(self, loader: DataLoader, name: str = "data"):
@@ -76,6 +87,53 @@ class EpochStream:
         self.consumed = 0
         self._replay = 0
         self._iter: Iterator | None = None
+        self.totals = {"truncated": 0, "texts": 0, "skipped": 0}
+        self._epoch_counts = dict(self.totals)
+        self._reported_epoch = -1
+        self._warned_truncation = False
+
+    def counters(self) -> dict[str, int]:
+        """Totals since this process started: ``truncated_texts`` (cut at ``max_tokens``), ``skipped_samples``."""
+        return {"truncated_texts": self.totals["truncated"], "skipped_samples": self.totals["skipped"]}
+
+    def _count(self, batch: Any) -> None:
+        if not isinstance(batch, dict):
+            return
+        for key in self.totals:
+            n = batch.get(f"_{key}", 0)
+            if isinstance(n, int) and n:
+                self.totals[key] += n
+                self._epoch_counts[key] += n
+        if batch.get("_truncated") and not self._warned_truncation and _is_main_process():
+            self._warned_truncation = True
+            log.warning("data source %s: texts longer than max_tokens (data.max_tokens) are being cut (%d of %d in "
+                        "this batch); the count is logged as truncated_texts and at each epoch end",
+                        self.name, batch["_truncated"], batch.get("_texts", 0))
+
+    def _epoch_length(self) -> int | None:
+        if isinstance(getattr(self.loader, "dataset", None), IterableDataset):
+            return None
+        try:
+            return len(self.loader)
+        except TypeError:
+            return None
+
+    def _end_epoch(self) -> None:
+        """One line with the finished epoch's counts (if any is non-zero); then they restart."""
+        if self._reported_epoch == self.epoch:
+            return
+        self._reported_epoch = self.epoch
+        c, self._epoch_counts = self._epoch_counts, dict.fromkeys(self.totals, 0)
+        if not (c["truncated"] or c["skipped"]) or not _is_main_process():
+            return
+        parts = []
+        if c["truncated"]:
+            share = f" ({100 * c['truncated'] / c['texts']:.1f} %)" if c["texts"] else ""
+            parts.append(f"{c['truncated']} of {c['texts']} texts{share} were longer than max_tokens and cut "
+                         f"(raise data.max_tokens to keep them whole)")
+        if c["skipped"]:
+            parts.append(f"{c['skipped']} broken samples skipped")
+        log.warning("data source %s, epoch %d: %s", self.name, self.epoch, "; ".join(parts))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -104,12 +162,18 @@ class EpochStream:
                 self._replay = 0
             try:
                 batch = next(self._iter)
-                self.consumed += 1
-                return batch
             except StopIteration:
+                self._end_epoch()
                 self._iter = None
                 self.epoch += 1
                 self.consumed = 0
+                continue
+            self.consumed += 1
+            self._count(batch)
+            n = self._epoch_length()
+            if n is not None and self.consumed >= n:
+                self._end_epoch()  # now, not at the next draw: the last epoch's line comes before training ends
+            return batch
         raise RuntimeError(f"data source '{self.name}' yields no batches (fewer samples than one batch?)")
 
     def __iter__(self) -> EpochStream:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,14 +137,27 @@ def moving_video(rng: random.Random, size: int, n_frames: int) -> tuple[list[Ima
     return frames, f"a {color} {kind} moves {word}"
 
 
-def build_vocab(texts: list[str]) -> list[str]:
-    """WordPiece vocabulary: specials, every word (plurals of shape names left to ``stem ##s``), letters."""
-    words: set[str] = set()
-    for t in texts:
-        for w in t.lower().replace("?", " ").replace(",", " ").replace(":", " ").split():
-            words.add(w)
-    words = {w for w in words if not (w.endswith("s") and w[:-1] in SHAPES)}
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+def _demo_words(text: str) -> list[str]:
+    return text.lower().replace("?", " ").replace(",", " ").replace(":", " ").split()
+
+
+def build_vocab(texts: Iterable[str], stems: Iterable[str] = SHAPES, min_count: int = 1,
+                max_words: int | None = None, split: Callable[[str], list[str]] = _demo_words) -> list[str]:
+    """WordPiece vocabulary (``vocab.txt`` lines): the specials ([PAD] = 0, [UNK], [CLS], [SEP], [MASK]),
+    ``. , ?``, the words of ``texts`` (``split`` cuts a text into words), every character of them and a–z,
+    then each character again as a ``##`` continuation piece, so a word not in the vocabulary is spelled out
+    in pieces instead of becoming [UNK].
+
+    Words seen fewer than ``min_count`` times are left out, and only the ``max_words`` most frequent are
+    kept (ties: alphabetical); the plural ``<stem>s`` of a word in ``stems`` is left to ``stem ##s`` (the
+    demo's shape names, so its data has a subword case). ``scripts/build_vocab.py`` calls this for one's own
+    annotation files (``stems=()``, the tokenizer's own word split)."""
+    stems = set(stems)
+    counts = Counter(w for t in texts for w in split(t))
+    counts = Counter({w: n for w, n in counts.items() if not (w.endswith("s") and w[:-1] in stems)})
+    ranked = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    words = set(ranked[:max_words] if max_words is not None else ranked)
+    letters = sorted({chr(c) for c in range(ord("a"), ord("z") + 1)} | {c for w in words for c in w})
     pieces = ["##s"] + [f"##{c}" for c in letters if c != "s"]
     vocab = list(SPECIALS) + [".", ",", "?"] + sorted(words | set(letters)) + pieces
     return list(dict.fromkeys(vocab))

@@ -1,10 +1,16 @@
 """Fine-tuning datasets in the official annotation formats (JSON arrays or JSON-lines, same field names).
 
+Image fields hold a path (joined to ``root`` when relative) or the base64 text of an encoded image (detected
+per value, :func:`dataset.io.looks_like_base64`); video fields as :func:`dataset.video.load_frames` reads them.
+A record without a field its format needs is a :class:`dataset.io.MissingField` naming the file, the record
+and the field (skipped and counted in training, raised in evaluation, like any broken sample).
+
 Samples are dicts; :func:`collate_dict` stacks tensors, turns numbers into tensors and keeps strings as lists.
 Texts are cleaned (``pre_caption`` / ``pre_question``) and tokenised by the task's training loop.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -12,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dataset.io import AnnotationIndex, BadSample, load_image, read_json
+from dataset.io import AnnotationIndex, BadSample, load_image, looks_like_base64, need, read_json
 from dataset.pretrain import _AnnotationDataset
 from dataset.text import pre_caption, pre_question
 from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
@@ -35,26 +41,52 @@ def collate_dict(samples: list[dict]) -> dict[str, Any]:
     return out
 
 
-def _ids(index: AnnotationIndex, key: str) -> dict[Any, int]:
-    """Dense ids for the distinct values of ``key`` (e.g. image_id → 0..n-1)."""
+def _identity(ann: dict, key: str, fallback: str) -> str:
+    """The record's ``key`` value as a string, else its ``fallback`` field's (an image path, or a digest of
+    base64 image text, so the table does not hold the images)."""
+    if key in ann:
+        return str(ann[key])
+    value = ann.get(fallback)
+    if looks_like_base64(value):
+        return "b64:" + hashlib.blake2b(value.encode("ascii"), digest_size=16).hexdigest()
+    return f"{fallback}:{value}"
+
+
+def _ids(index: AnnotationIndex, key: str, fallback: str) -> dict[Any, int]:
+    """Dense ids for the distinct values of ``key`` (e.g. image_id → 0..n-1); records without ``key`` are
+    identified by their ``fallback`` field (the image), so captions of one image share an id."""
     out: dict[Any, int] = {}
     for i in range(len(index)):
-        out.setdefault(str(index.get(i)[key]), len(out))
+        try:
+            out.setdefault(_identity(index.get(i), key, fallback), len(out))
+        except BadSample:
+            continue  # an unreadable line: skipped (training) or reported (evaluation) when it is loaded
     return out
 
 
 class _TaskDataset(_AnnotationDataset):
+    #: the fields a record of this format needs (for :class:`dataset.io.MissingField` messages)
+    fields = ""
+
     def __init__(self, files, transform: ImageTransform, root: str | None = None, training: bool = True,
                  max_words: int = 30, **kw):
         super().__init__(files, text=None, training=training, root=root, **kw)
         self.transform, self.max_words = transform, max_words
 
-    def image(self, path: str, texts: list[str] = ()) -> tuple[torch.Tensor, list[str]]:
-        return self.transform(load_image(path, True, self.root), texts)
+    def need(self, ann: dict, key: str) -> Any:
+        """``ann[key]``, or a :class:`dataset.io.MissingField` that says which fields the format needs."""
+        return need(ann, key, f"a {self.name} record needs {self.fields}" if self.fields else "")
+
+    def image(self, value: str, texts: list[str] = ()) -> tuple[torch.Tensor, list[str]]:
+        """``value`` (a path or base64 text) loaded and transformed with ``texts``."""
+        return self.transform(load_image(value, None, self.root), texts)
 
 
 class RetrievalTrainDataset(_TaskDataset):
-    """``[{image, caption, image_id}]`` (COCO / Flickr30k Karpathy train; also Multi30K / multilingual COCO)."""
+    """``[{image, caption, image_id?}]`` (COCO / Flickr30k Karpathy train; also Multi30K / multilingual COCO).
+
+    ``idx`` (captions with the same one are not each other's ITC negatives) numbers the distinct ``image_id``
+    values; a record without ``image_id`` is identified by its image field."""
 
     name = "retrieval-train"
 
@@ -62,21 +94,25 @@ class RetrievalTrainDataset(_TaskDataset):
                  index_key: str = "image_id", is_video: bool = False, frame_len: int = 1, **kw):
         super().__init__(files, transform, **kw)
         self.image_key, self.text_key, self.index_key = image_key, text_key, index_key
+        self.fields = f"{image_key}, {text_key}; {index_key} is optional"
         self.is_video, self.frame_len = is_video, frame_len
-        self.img_ids = _ids(self.index, index_key)
+        self.img_ids = _ids(self.index, index_key, image_key)
 
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
-        caption = ann[self.text_key]
+        caption = self.need(ann, self.text_key)
         if isinstance(caption, list):
+            if not caption:
+                raise BadSample(f"'{self.text_key}' is an empty list")
             caption = random.choice(caption)
+        visual = self.need(ann, self.image_key)
         if self.is_video:
-            frames = load_frames(ann[self.image_key], self.frame_len, self.training, root=self.root)
+            frames = load_frames(visual, self.frame_len, self.training, root=self.root)
             pixels, (caption,) = self.transform(frames, [caption])
         else:
-            pixels, (caption,) = self.image(ann[self.image_key], [caption])
+            pixels, (caption,) = self.image(visual, [caption])
         return {"image": pixels, "text": pre_caption(caption, self.max_words),
-                "idx": self.img_ids[str(ann[self.index_key])]}
+                "idx": self.img_ids[_identity(ann, self.index_key, self.image_key)]}
 
 
 class RetrievalEvalDataset(_TaskDataset):
@@ -89,27 +125,31 @@ class RetrievalEvalDataset(_TaskDataset):
         kw["training"] = False
         super().__init__(files, transform, **kw)
         self.image_key, self.is_video, self.frame_len = image_key, is_video, frame_len
+        self.fields = f"{image_key}, {text_key} (a string or a list of them)"
         self.text: list[str] = []
         self.img2txt: dict[int, list[int]] = {}
         self.txt2img: dict[int, int] = {}
         for i in range(len(self.index)):
-            caps = self.index.get(i)[text_key]
-            caps = caps if isinstance(caps, list) else [caps]
+            try:
+                caps = self.need(self.index.get(i), text_key)
+                caps = caps if isinstance(caps, list) else [caps]
+                texts = [pre_caption(c, self.max_words) for c in caps]
+            except BadSample as e:
+                msg = str(e)
+                raise type(e)(msg if msg.startswith(self.index.where(i)) else f"{self.index.where(i)}: {msg}") \
+                    from e
             self.img2txt[i] = []
-            for c in caps:
-                try:
-                    self.text.append(pre_caption(c, self.max_words))
-                except BadSample as e:
-                    raise BadSample(f"{self.index.where(i)}: {e}") from e
+            for t in texts:
+                self.text.append(t)
                 self.img2txt[i].append(len(self.text) - 1)
                 self.txt2img[len(self.text) - 1] = i
 
     def load(self, i: int) -> dict:
-        ann = self.index.get(i)
+        visual = self.need(self.index.get(i), self.image_key)
         if self.is_video:
-            pixels, _ = self.transform(load_frames(ann[self.image_key], self.frame_len, False, root=self.root))
+            pixels, _ = self.transform(load_frames(visual, self.frame_len, False, root=self.root))
         else:
-            pixels, _ = self.image(ann[self.image_key])
+            pixels, _ = self.image(visual)
         return {"image": pixels, "index": i}
 
 
@@ -119,6 +159,7 @@ class VQADataset(_TaskDataset):
     an image folder. Test: ``answer_list`` (JSON list) for ranking."""
 
     name = "vqa"
+    fields = "image, question, answer (training), question_id (evaluation); dataset is optional"
 
     def __init__(self, files, transform, roots: dict[str, str] | None = None, answer_list: str | None = None,
                  is_video: bool = False, frame_len: int = 1, **kw):
@@ -130,18 +171,19 @@ class VQADataset(_TaskDataset):
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
         root = self.roots.get(ann.get("dataset", ""), self.root)
-        path = ann["image"] if not root or os.path.isabs(ann["image"]) else str(Path(root) / ann["image"])
+        image = self.need(ann, "image")
+        question = self.need(ann, "question")
         answers = ann.get("answer", [])
         answers = answers if isinstance(answers, list) else [answers]
-        question = ann["question"]
         texts = [question, *answers]
         if self.is_video:
+            path = image if not root or os.path.isabs(image) else str(Path(root) / image)
             pixels, texts = self.transform(load_frames(path, self.frame_len, self.training), texts)
         else:
-            pixels, texts = self.transform(load_image(path, True), texts)
+            pixels, texts = self.transform(load_image(image, None, root), texts)
         question = pre_question(texts[0], self.max_words if self.training else 50)
         if not self.training:
-            return {"image": pixels, "question": question, "question_id": ann["question_id"]}
+            return {"image": pixels, "question": question, "question_id": self.need(ann, "question_id")}
         if not answers:
             raise BadSample("training VQA record has no answer")
         weights: dict[str, float] = {}
@@ -164,14 +206,19 @@ class NLVRDataset(_TaskDataset):
     """``[{images: [left, right], sentence, label: true|false|"True"|"False"}]`` (NLVR2)."""
 
     name = "nlvr2"
+    fields = "images (two), sentence, label"
 
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
-        label = ann["label"]
+        label = self.need(ann, "label")
         if label not in (True, False, "True", "False"):
             raise BadSample(f"unsupported NLVR2 label {label!r}")
-        left, right = ann["images"]
-        sentence = ann["sentence"]
+        images = self.need(ann, "images")
+        if not isinstance(images, list) or len(images) != 2:
+            raise BadSample(f"'images' must be a list of two images, got {type(images).__name__}"
+                            f"{f' of {len(images)}' if isinstance(images, list) else ''}")
+        left, right = images
+        sentence = self.need(ann, "sentence")
         img0, (sentence,) = self.image(left, [sentence])
         img1, _ = self.image(right)
         return {"image0": img0, "image1": img1, "text": pre_caption(sentence, self.max_words),
@@ -179,27 +226,27 @@ class NLVRDataset(_TaskDataset):
 
 
 class GroundingDataset(_TaskDataset):
-    """RefCOCO+: ``[{image, text, ref_id, bbox?: [x, y, w, h]}]``. Train (needs ``bbox``; a BoxAwareTransform):
-    crop/flip, target box normalised (cx, cy, w, h). Eval (an eval ImageTransform): resized image, ``ref_id``
-    (and ``bbox`` in pixels if given)."""
+    """RefCOCO+: ``[{image, text, bbox: [x, y, w, h], ref_id?}]``. Train (a BoxAwareTransform): crop/flip,
+    target box normalised (cx, cy, w, h). Eval (an eval ImageTransform): resized image, ``bbox`` in pixels,
+    ``image_size`` and ``ref_id`` (the record's number when the record has none; scoring does not use it)."""
 
     name = "grounding"
+    fields = "image, text, bbox [x, y, w, h] in pixels; ref_id is optional"
 
     def __init__(self, files, transform: BoxAwareTransform | ImageTransform, **kw):
         super().__init__(files, transform, **kw)
 
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
-        image = load_image(ann["image"], True, self.root)
-        text = ann["text"]
+        text, bbox = self.need(ann, "text"), self.need(ann, "bbox")
+        image = load_image(self.need(ann, "image"), None, self.root)
         if not self.training:
             pixels, _ = self.transform(image)  # an eval ImageTransform
-            out = {"image": pixels, "text": pre_caption(text, self.max_words), "ref_id": ann["ref_id"],
-                   "image_size": torch.tensor(image.size)}
-            if "bbox" in ann:
-                out["bbox"] = torch.tensor(ann["bbox"], dtype=torch.float)
-            return out
-        box = torch.tensor([check_box(ann["bbox"], *image.size, where="bbox")])
+            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+                raise BadSample(f"bbox must be 4 numbers (x, y, w, h), got {bbox!r}")
+            return {"image": pixels, "text": pre_caption(text, self.max_words), "ref_id": ann.get("ref_id", i),
+                    "image_size": torch.tensor(image.size), "bbox": torch.tensor(bbox, dtype=torch.float)}
+        box = torch.tensor([check_box(bbox, *image.size, where="bbox")])
         pixels, target, _, (text,) = self.transform(image, box, 0, [text])
         return {"image": pixels, "text": pre_caption(text, self.max_words), "target_bbox": target[0]}
 
@@ -208,6 +255,7 @@ class CaptionDataset(_TaskDataset):
     """COCO captions. Train ``[{image, caption, image_id}]``; eval ``[{image, image_id, caption?: [...]}]``."""
 
     name = "captioning"
+    fields = "image, caption (training); image_id is optional"
 
     def __init__(self, files, transform, prompt: str = "", **kw):
         super().__init__(files, transform, **kw)
@@ -216,10 +264,14 @@ class CaptionDataset(_TaskDataset):
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
         if not self.training:
-            pixels, _ = self.image(ann["image"])
+            pixels, _ = self.image(self.need(ann, "image"))
             return {"image": pixels, "image_id": ann.get("image_id", i)}
-        caption = ann["caption"] if isinstance(ann["caption"], str) else random.choice(ann["caption"])
-        pixels, (caption,) = self.image(ann["image"], [caption])
+        caption = self.need(ann, "caption")
+        if isinstance(caption, list):
+            if not caption:
+                raise BadSample("'caption' is an empty list")
+            caption = random.choice(caption)
+        pixels, (caption,) = self.image(self.need(ann, "image"), [caption])
         return {"image": pixels, "text": self.prompt + pre_caption(caption, self.max_words),
                 "image_id": ann.get("image_id", i)}
 
@@ -234,10 +286,11 @@ class VideoQADataset(_TaskDataset):
         super().__init__(files, transform, **kw)
         self.ans2label = read_json(ans2label)
         self.frame_len, self.video_key = frame_len, video_key
+        self.fields = f"{video_key}, question, answer (training); question_id is optional"
 
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
-        frames = load_frames(str(ann[self.video_key]), self.frame_len, self.training, root=self.root)
-        pixels, (question,) = self.transform(frames, [ann["question"]])
+        frames = load_frames(str(self.need(ann, self.video_key)), self.frame_len, self.training, root=self.root)
+        pixels, (question,) = self.transform(frames, [self.need(ann, "question")])
         return {"video": pixels, "question": pre_question(question, self.max_words if self.training else 50),
                 "label": self.ans2label.get(ann.get("answer"), -100), "question_id": ann.get("question_id", i)}

@@ -75,15 +75,20 @@ class TextProcessor:
         self.max_words = max_words
         self.masker = masker
 
-    def encode(self, caption: str, rng: random.Random | None = None) -> dict[str, list[int]]:
+    def encode(self, caption: str, rng: random.Random | None = None) -> dict[str, Any]:
+        """``text_ids``, ``text_atts`` (+ the MLM fields with a masker) padded to ``max_tokens``, and
+        ``truncated`` (1 if the text had more tokens than fit and was cut, else 0)."""
         text = pre_caption(caption, self.max_words)
         tok = self.tokenizer
-        pieces = tok.convert_tokens_to_ids(tok.tokenize(text))[: self.max_tokens - 2]
+        pieces = tok.convert_tokens_to_ids(tok.tokenize(text))
+        truncated = int(len(pieces) > self.max_tokens - 2)
+        pieces = pieces[: self.max_tokens - 2]
         if not pieces:
             raise BadSample(f"caption has no tokens: {caption!r}")
         ids = [tok.cls_token_id] + pieces + [tok.sep_token_id]
         n_pad = self.max_tokens - len(ids)
-        out = {"text_ids": ids + [tok.pad_token_id] * n_pad, "text_atts": [1] * len(ids) + [0] * n_pad}
+        out = {"text_ids": ids + [tok.pad_token_id] * n_pad, "text_atts": [1] * len(ids) + [0] * n_pad,
+               "truncated": truncated}
         if self.masker is not None:
             masked, positions, labels = self.masker(ids, rng)
             out["mlm_ids"] = masked + [tok.pad_token_id] * n_pad

@@ -21,7 +21,7 @@ SCRIPTS = ["run.py", "Pretrain.py", "Retrieval.py", "VQA.py", "NLVR.py", "Ground
            "scripts/demo.py", "scripts/winoground.py", "scripts/convert_datasets.py", "scripts/json_to_wds.py",
            "scripts/plot_log.py", "scripts/config_reference.py", "scripts/draw_architecture.py",
            "benchmarks/data_throughput.py", "benchmarks/pretrain_throughput.py", "benchmarks/retrieval_rerank.py",
-           "dataset/synthetic.py"]
+           "dataset/synthetic.py", "scripts/build_vocab.py"]
 
 
 class _Captured(Exception):

@@ -2,11 +2,12 @@
 import base64
 import io
 import json
+import logging
 
 import pytest
 from PIL import Image
 
-from dataset import collate_for, create_dataset, create_loader
+from dataset import collate_for, create_dataset, create_loader, load_tokenizer
 from dataset.io import BadSample
 from dataset.robust import TooManyBadSamples
 from dataset.synthetic import generate
@@ -130,3 +131,38 @@ def test_abort_when_too_many_fail_and_batches_stay_fixed(syn, tmp_path):
     assert len(batches) == 5 and all(b["text_ids"].shape[0] == 4 for b in batches)
     skipped = sum(b["_skipped"] for b in batches)
     assert skipped >= 4 and skipped == sum(ds.guard.report().values())  # replacements may be broken too
+
+
+@pytest.mark.parametrize("task,name", [("retrieval", "retrieval_train"), ("grounding", "grounding_train")])
+def test_task_corrupt_base64_image_is_counted_and_named(task, name, syn, tmp_path, caplog):
+    """Task records with base64 images: a corrupt one is skipped and counted in training (a warning names
+    file:line) and stops evaluation with file:line, as in pretraining."""
+    from pathlib import Path
+
+    from dataset.collate import TokenizeCollate
+    from dataset.sampling import EpochStream
+    rows = json.loads(Path(syn[name]).read_text())
+    for r in rows:
+        r["image"] = base64.b64encode((Path(syn["root"]) / r["image"]).read_bytes()).decode()
+    rows[2]["image"] = base64.b64encode(b"\xff\xd8\xff\xe0 not really a JPEG " * 8).decode()
+    path = tmp_path / "own.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config("configs/models/tiny.yaml", [f"model.text.tokenizer={syn['vocab']}", "data.max_bad_fraction=0.5",
+                                                    "data.bad_window=20", f"data.finetune.train_file=[{path}]",
+                                                    f"data.finetune.test_file=[{path}]"])
+    train = create_dataset(task, cfg, "train")
+    caplog.set_level(logging.WARNING, logger="x2vlm.data")
+    tok = load_tokenizer(cfg)
+    loader = create_loader(train, 1, TokenizeCollate(collate_for(task), tok, 30, {"text": "text"}), num_workers=0)
+    stream = EpochStream(loader, "train")
+    batches = [next(stream) for _ in range(len(loader))]
+    n = sum(b["_skipped"] for b in batches)
+    assert n >= 1 and train.guard.report() == {"BadSample": n}
+    assert stream.counters()["skipped_samples"] == n
+    warnings = [r.getMessage() for r in caplog.records if "skipped broken sample" in r.getMessage()]
+    assert warnings and f"{path}:3" in warnings[0] and "corrupt or unreadable image" in warnings[0], warnings
+    assert any(f"{n} broken samples skipped" in r.getMessage() for r in caplog.records)  # the epoch's line
+    with pytest.raises(BadSample, match=r"own\.jsonl:3: base64 image: corrupt") as err:
+        create_dataset(task, cfg, "test")[2]
+    from utils.cli import report_user_error
+    assert "re-encode or remove that record" in report_user_error("X.py", err.value)

@@ -29,6 +29,10 @@ def _hint(error: BaseException) -> str:
         if "pretraining data" in text:
             return "docs/data_preparation.md says how to prepare data"
         return "fix the config file or --override (docs/configuration.md)"
+    if "record has no field" in text:
+        return "add that field to the records or convert the file (each format's fields: docs/data_preparation.md)"
+    if "corrupt or unreadable image" in text or "not valid base64" in text:
+        return "re-encode or remove that record (training skips and counts broken records, evaluation stops)"
     if "annotation file" in text or "webdataset shards" in text:
         return "check the data.* paths in the config (docs/data_preparation.md)"
     if "tokenizer" in text or "name_or_path" in text:

@@ -47,7 +47,7 @@ from utils.metrics import box_accuracy
 #: Keys of the config section ``eval`` and their defaults (the section may be absent: nothing is evaluated).
 EVAL_DEFAULTS: dict[str, Any] = {
     "retrieval_file": [],      # retrieval test file(s): [{image, caption: [str, ...]}]; empty: skipped
-    "grounding_file": [],      # grounding file(s): [{image, text, ref_id, bbox: [x, y, w, h]}]; empty: skipped
+    "grounding_file": [],      # grounding file(s): [{image, text, bbox: [x, y, w, h], ref_id optional}]; empty: skipped
     "k_test": 128,             # candidates re-ranked by ITM per query (clamped to the number of candidates)
     "itm_rerank": True,        # false: ITC similarity only
     "batch_size": 64,          # images per batch

@@ -101,6 +101,19 @@ class Trainer:
         ``source.load_state_dict`` on resume (e.g. :class:`dataset.pretrain.MixedLoader`)."""
         self._data = source
 
+    def _data_counters(self) -> dict[str, int]:
+        """The tracked data source's ``counters()`` (host ints its batches carried, e.g. ``truncated_texts``),
+        summed over ranks (one small all-reduce per log record); {} when the source has none."""
+        counters = getattr(self._data, "counters", None)
+        if counters is None:
+            return {}
+        counts = dict(counters())
+        if counts and self.dist.distributed and torch.distributed.is_initialized():
+            total = torch.tensor(list(counts.values()), dtype=torch.int64, device=self.dist.device)
+            torch.distributed.all_reduce(total)
+            counts = dict(zip(counts, total.tolist(), strict=True))
+        return counts
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -267,7 +280,8 @@ class Trainer:
                 last = {k: sum(v) / len(v) for k, v in window.items() if v}
                 record = {"step": self.step, **last, "lr": self.scheduler.get_last_lr()[0],
                           "images_per_s": images * self.dist.world_size / max(elapsed, 1e-9),
-                          "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite}
+                          "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
+                          **self._data_counters()}
                 if extra_log is not None:
                     record.update(extra_log())
                 self._log(record)
