@@ -271,6 +271,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
     _write_jsonl(out / files["video_qa_train"], vqa_v_train)
     _write_jsonl(out / files["video_qa_test"], vqa_v_test)
     vocab = build_vocab(texts + list(NUMBERS) + ["yes", "no", "left", "right"])
+    vocab += [str(n) for n in range(len(NUMBERS)) if str(n) not in vocab]  # the VQA counts; appended: ids unchanged
     assert len(vocab) < 512, len(vocab)
     (out / files["vocab"]).write_text("\n".join(vocab) + "\n", encoding="utf-8")
     result = {k: str(out / v) for k, v in files.items()}
@@ -289,7 +290,9 @@ def scene_questions(shapes: list[Shape], rng: random.Random) -> list[tuple[str, 
     absent = next(c for c in COLORS if all(s.color != c or s.kind != a.kind for s in shapes))
     probe = rng.choice([a.color, absent])
     return [(f"what color is the {a.kind}?", a.color),
-            ("how many shapes are there?", NUMBERS[len(shapes)]),
+            # counts as digits, as VQA v2 writes them (the official evaluator normalises the prediction "two" to
+            # "2" but compares unanimous ground truth as written)
+            ("how many shapes are there?", str(len(shapes))),
             (f"is there a {probe} {a.kind}?", "yes" if probe == a.color else "no"),
             (f"what is {relation(shapes[1], a).replace('to the ', 'on the ')} the {a.name}?", shapes[1].kind)]
 
