@@ -162,3 +162,22 @@ def test_load_errors_name_the_file(syn, tmp_path: Path) -> None:
     vlm = load_model(config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         vlm.encode_image(tmp_path / "missing.jpg")
+
+
+def test_heads_a_checkpoint_lacks_are_refused_not_used(syn, images, tmp_path: Path, capsys) -> None:
+    """A grounding checkpoint (box head only, as the official one) loads for inference; the methods whose heads
+    it does not hold (ITC projections, ITM, MLM) refuse instead of answering with random weights."""
+    from models.grounding import X2VLMGrounding
+    from utils.config import load_config
+    torch.manual_seed(0)
+    grounding = X2VLMGrounding.from_config(load_config(TINY_CONFIG), load_weights=False)
+    path = save_checkpoint_weights(grounding, tmp_path / "grounding")
+    vlm = load_model(path, config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
+    summary = capsys.readouterr().out
+    assert f"checkpoint {path}: " in summary and "fresh temp (1), mlm_head (6)" in summary and "unused none" in summary
+    assert len(vlm.ground(images[0], "a red circle")) == 4
+    for call, head in ((lambda: vlm.similarity(images, TEXTS), "vision_proj"),
+                       (lambda: vlm.itm_score(images[0], TEXTS[0]), "itm_head"),
+                       (lambda: vlm.caption(images[0]), "mlm_head")):
+        with pytest.raises(RuntimeError, match=f"{head}, which .* holds no trained weights"):
+            call()
