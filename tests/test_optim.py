@@ -61,3 +61,22 @@ def test_build_optimizer_uses_config(tiny_model: X2VLM) -> None:
     opt = build_optimizer(tiny_model, {"lr": 2e-4, "weight_decay": 0.01, "lr_mult": 2.0, "betas": [0.9, 0.98]})
     assert opt.defaults["betas"] == (0.9, 0.98)
     assert {g["lr"] for g in opt.param_groups} == {2e-4}
+
+
+def test_official_no_decay_rule_is_the_official_optim_py(tiny_model) -> None:
+    """optimizer.no_decay=official: only names with a bias / LayerNorm / norm marker are exempt (zengyan-97/X2-VLM
+    optim.py), so embeddings, layer scale, the [CLS] token and the temperature are decayed; extended exempts them."""
+    from utils.optim import official_no_weight_decay
+    params = dict(tiny_model.named_parameters())
+    for name in ("temp", "vision_encoder.blocks.0.gamma_1", "text_encoder.embeddings.word_embeddings.weight",
+                 "vision_encoder.cls_token"):
+        assert not official_no_weight_decay(name, params[name]) and no_weight_decay(name, params[name]), name
+    for name in ("fusion.layer.0.crossattention.self.key.bias", "text_encoder.embeddings.LayerNorm.weight",
+                 "vision_encoder.blocks.0.norm1.weight", "vision_encoder.fc_norm.weight",
+                 "vision_encoder.blocks.0.attn.relative_position_bias_table"):  # its name holds "bias"
+        assert official_no_weight_decay(name, params[name]), name
+    groups = param_groups(tiny_model, lr=1e-4, weight_decay=0.05, no_decay="official")
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(params["temp"]) in decayed and id(params["fusion.layer.0.crossattention.self.key.bias"]) not in decayed
+    with pytest.raises(ValueError, match="optimizer.no_decay must be one of"):
+        param_groups(tiny_model, lr=1e-4, weight_decay=0.05, no_decay="some")

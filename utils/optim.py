@@ -11,9 +11,26 @@ NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "norm1.weight", "norm2.weight", 
                     "absolute_frame_pos_embed", "temp")
 
 
+#: the official optim.py's rule: a parameter whose name contains one of these gets no decay (so embeddings,
+#: layer scale, [CLS] token, temporal embedding and temperature are decayed; "bias" also exempts the
+#: relative_position_bias_table)
+OFFICIAL_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight", "norm1.bias",
+                     "norm1.weight", "norm2.bias", "norm2.weight")
+
+
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases, norms, embeddings, layer-scale, position tables and the temperature get no decay."""
+    """``extended`` rule: biases, norms, embeddings, layer-scale, position tables, the temperature and every
+    other parameter of at most one dimension get no decay."""
     return param.ndim <= 1 or any(marker in name for marker in NO_DECAY_MARKERS)
+
+
+def official_no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """``official`` rule (zengyan-97/X2-VLM optim.py): names with a bias or LayerNorm/norm marker only."""
+    return any(marker in name for marker in OFFICIAL_NO_DECAY)
+
+
+#: ``optimizer.no_decay`` → the rule that exempts a parameter from weight decay
+NO_DECAY_RULES = {"extended": no_weight_decay, "official": official_no_weight_decay}
 
 
 def is_cross_modal(name: str) -> bool:
@@ -22,15 +39,20 @@ def is_cross_modal(name: str) -> bool:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: float = 1.0,
-                 fresh: set[str] | None = None, cross_modal_lr_mult: float = 1.0) -> list[dict]:
-    """Groups by weight decay (on / off) and learning rate: ``lr`` × (``lr_mult`` if freshly initialised) ×
-    (``cross_modal_lr_mult`` if cross-modal, see :func:`is_cross_modal`); empty groups dropped."""
+                 fresh: set[str] | None = None, cross_modal_lr_mult: float = 1.0, no_decay: str = "extended"
+                 ) -> list[dict]:
+    """Groups by weight decay (on / off, by the :data:`NO_DECAY_RULES` rule ``no_decay``) and learning rate:
+    ``lr`` × (``lr_mult`` if freshly initialised) × (``cross_modal_lr_mult`` if cross-modal, see
+    :func:`is_cross_modal`); empty groups dropped."""
+    if no_decay not in NO_DECAY_RULES:
+        raise ValueError(f"optimizer.no_decay must be one of {', '.join(NO_DECAY_RULES)}, got {no_decay!r}")
+    exempt = NO_DECAY_RULES[no_decay]
     fresh = fresh or set()
     groups: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             factor = (lr_mult if name in fresh else 1.0) * (cross_modal_lr_mult if is_cross_modal(name) else 1.0)
-            groups.setdefault((not no_weight_decay(name, param), factor), []).append(param)
+            groups.setdefault((not exempt(name, param), factor), []).append(param)
     return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * factor}
             for (decay, factor), params in groups.items()]
 
@@ -38,7 +60,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: floa
 def build_optimizer(model: nn.Module, opt_cfg: dict, fresh: set[str] | None = None) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`; fused kernels on CUDA when available."""
     groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg.get("lr_mult", 1.0), fresh,
-                          opt_cfg.get("cross_modal_lr_mult", 1.0))
+                          opt_cfg.get("cross_modal_lr_mult", 1.0), opt_cfg.get("no_decay", "extended"))
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
                              eps=opt_cfg.get("eps", 1e-8), fused=on_cuda or None)
