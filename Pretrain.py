@@ -2,6 +2,9 @@
 
     python Pretrain.py --config configs/pretrain/demo.yaml                      # one process
     python run.py --task pretrain --dist 8 --config configs/pretrain/x2vlm_base_4m.yaml --output_dir out/pt
+
+Writes step checkpoints (``train.ckpt_every``, and the last step) under ``output_dir/checkpoints/`` and the final
+weights as ``output_dir/model.safetensors`` (loadable with ``--checkpoint`` by the task scripts).
 """
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ import numpy as np
 import torch
 
 from dataset import create_pretrain_loader, load_tokenizer
+from models.checkpoint import save_checkpoint_weights
 from models.x2vlm import X2VLM
 from utils.config import add_config_args, config_from_args, save_config
 from utils.dist import cleanup, init_distributed
 from utils.evaluation import format_results, zero_shot_eval
 from utils.task import report_weights
 from utils.train_state import write_json_atomic
-from utils.trainer import Trainer
+from utils.trainer import Trainer, restart_resume
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +46,7 @@ def main() -> None:
     cfg = config_from_args(args)
     if args.output_dir:
         cfg["output_dir"] = args.output_dir
-    dist_info = init_distributed(args.device or cfg["train"]["device"])
+    dist_info = init_distributed(args.device or cfg["train"]["device"], timeout=cfg["train"]["dist_timeout"])
     seed_everything(cfg["seed"] + dist_info.rank)
     if dist_info.is_main:
         save_config(cfg, cfg["output_dir"])
@@ -55,11 +59,14 @@ def main() -> None:
     trainer = Trainer(cfg, model, dist_info, fresh_params=model.fresh_parameters)
     loader = create_pretrain_loader(cfg, dist_info.rank, dist_info.world_size, tokenizer=tokenizer)
     trainer.track_data(loader)  # the data position goes into every checkpoint and comes back on resume
-    trainer.resume(args.resume)
+    trainer.resume(restart_resume(args.resume))
     last = trainer.fit(lambda start: iter(loader),
                        extra_log=lambda: {"skipped_samples": sum(loader.skipped.values())})
     if dist_info.is_main:
         print("final losses: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
+        # the final weights, whatever train.ckpt_every: loadable with --checkpoint / models.load_model(output_dir)
+        weights = save_checkpoint_weights(model, cfg["output_dir"])
+        print(f"final weights: {weights}")
     results = zero_shot_eval(cfg, trainer.engine, tokenizer, dist_info.device, dist_info)
     if results and dist_info.is_main:
         print("zero-shot evaluation (held-out split):\n" + format_results(results))

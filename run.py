@@ -6,16 +6,24 @@
 
 Everything after the launcher's own options (``--config``, ``--override``, ``--output_dir``,
 ``--resume``, ...) is passed to the task script unchanged.
+
+SIGTERM / SIGINT (Ctrl-C) are passed on to the task (torchrun passes them on to its workers): training ends its
+step, writes a step checkpoint and exits with 128 + the signal's number (``--resume latest`` continues). After
+``--stop_timeout`` seconds whatever is left of the task is killed; no process of the task outlives ``run.py``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+USER_ERROR = 2  # utils.cli.USER_ERROR: a wrong config or path, which a restart does not mend
 TASKS = {
     "pretrain": "Pretrain.py",
     "retrieval": "Retrieval.py",
@@ -43,6 +51,8 @@ def launch_command(args: argparse.Namespace, script_args: list[str]) -> list[str
     else:
         raise SystemExit(f"run.py: --dist must be a positive number, 'all' or 'cpu', got '{args.dist}'")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={args.nnodes}"]
+    if getattr(args, "max_restarts", 0):
+        cmd.append(f"--max-restarts={args.max_restarts}")
     if args.nnodes > 1:
         addr = args.master_addr or os.environ.get("MASTER_ADDR")
         if not addr:
@@ -51,6 +61,143 @@ def launch_command(args: argparse.Namespace, script_args: list[str]) -> list[str
     else:
         cmd += ["--standalone"]
     return [*cmd, str(script), *script_args]
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# torchrun, ending with 128 + N instead of its traceback when signal N stopped it (its workers report the stop)
+_TORCHRUN = """
+import sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.run import main
+sys.argv[0] = "torchrun"
+try:
+    main()
+except SignalException as e:
+    raise SystemExit(128 + int(e.sigval)) from None
+"""
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    """Linux ``prctl(option, value)``; False where it is not available."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _child_setup() -> None:
+    """In the task's process before it starts: SIGTERM when run.py dies, however it dies (Linux)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc; empty elsewhere)."""
+    table = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry.name}/stat").read_text()
+                except OSError:
+                    continue
+                table[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children, ...)."""
+    table = _parents()
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in table.items():
+            if ppid == parent and child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _reap() -> None:
+    """Collect the exit status of every child that ended (orphans handed to run.py as subreaper)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def run_child(cmd: list[str], stop_timeout: float = 120.0, env: dict[str, str] | None = None,
+              received: list[tuple[float, int]] | None = None) -> int:
+    """Run ``cmd`` and return its exit status (128 + N when a signal N ended it). SIGTERM / SIGINT sent to
+    run.py go to the child; ``stop_timeout`` seconds after the first, the child and everything below it are
+    killed. Processes the child leaves behind (run.py is their subreaper on Linux) get ``stop_timeout`` seconds
+    to end, then SIGKILL. ``received`` collects (time, signal) of the signals run.py got meanwhile."""
+    subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if cmd[1:3] == ["-m", "torch.distributed.run"]:
+        cmd = [cmd[0], "-c", _TORCHRUN, *cmd[3:]]
+    # its own session: Ctrl-C in a terminal reaches run.py only, which passes it on once
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,  # noqa: PLW1509
+                            preexec_fn=_child_setup)
+    received = [] if received is None else received
+
+    def forward(signum: int, frame: object) -> None:
+        received.append((time.monotonic(), signum))
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    tracked: set[int] = set()  # every process seen below the child: orphans are known even before re-parenting
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                tracked = {p for p in tracked if _alive(p)} | set(descendants(proc.pid))
+                if received and time.monotonic() - received[0][0] > stop_timeout:
+                    print(f"run.py: the task did not stop within {stop_timeout:g} s; killing it", file=sys.stderr)
+                    _signal_all([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
+    finally:
+        if proc.poll() is None:  # run.py itself is failing: take the task with it
+            _signal_all([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
+            proc.wait()
+        def leftover() -> list[int]:
+            """Live processes of the task: below run.py, or still under a dead process of the task (not yet
+            re-parented); a reused pid elsewhere has another parent and is left alone."""
+            _reap()
+            parents, own = _parents(), set(descendants(os.getpid()))
+            family = own | tracked | {proc.pid}
+            return sorted(p for p in own | tracked if _alive(p) and (p in own or parents.get(p) in family))
+
+        left = leftover() if subreaper else []
+        if left:  # orphans of the task, e.g. torchrun's workers after torchrun was killed: they have had their
+            # SIGTERM from the kernel (utils.dist.die_with_parent) and are checkpointing; another would stop them
+            deadline = time.monotonic() + stop_timeout
+            while (left := leftover()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            _signal_all(left, signal.SIGKILL)
+            time.sleep(0.1)
+            _reap()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    rc = 128 - rc if rc < 0 else rc
+    return 128 + received[0][1] if received and rc != 0 else rc  # stopped by a signal to run.py
 
 
 def main() -> None:
@@ -66,13 +213,30 @@ def main() -> None:
     p.add_argument("--master_addr", default=None, help="address of node 0 (several nodes; default: $MASTER_ADDR)")
     p.add_argument("--master_port", type=int, default=int(os.environ.get("MASTER_PORT", "29500")),
                    help="port on node 0 (default: $MASTER_PORT or 29500)")
+    p.add_argument("--stop_timeout", type=float, default=120.0,
+                   help="seconds the task gets to checkpoint and exit after SIGTERM / SIGINT before it is killed "
+                        "(default 120)")
+    p.add_argument("--max-restarts", dest="max_restarts", type=int, default=0,
+                   help="restart the task this many times after a failure (torchrun's --max-restarts; one process: "
+                        "run.py restarts it); a restarted task resumes from its latest step checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     args, script_args = p.parse_known_args()
     cmd = launch_command(args, script_args)
     if args.dry_run:
         print(" ".join(cmd))
         return
-    raise SystemExit(subprocess.call(cmd, cwd=ROOT))
+    restarts = 0 if "torch.distributed.run" in cmd else args.max_restarts  # torchrun restarts by itself
+    attempt = 0
+    while True:
+        received: list[tuple[float, int]] = []
+        # a restarted task resumes from its latest checkpoint (utils.trainer.restart_resume), as under torchrun
+        env = {**os.environ, "TORCHELASTIC_RESTART_COUNT": str(attempt)} if attempt else None
+        rc = run_child(cmd, args.stop_timeout, env=env, received=received)
+        if rc in (0, USER_ERROR) or received or attempt >= restarts:
+            raise SystemExit(rc)
+        attempt += 1
+        print(f"run.py: the task failed (exit status {rc}); restart {attempt} of {restarts} from its latest "
+              "checkpoint", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

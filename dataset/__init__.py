@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from dataset.io import set_max_image_pixels
 from dataset.masking import MaskGenerator
 from dataset.pretrain import (
     ImageTextDataset,
@@ -78,6 +79,11 @@ def create_dataset(task: str, cfg: dict, split: str = "train", tokenizer=None, r
     task (files from ``data.finetune.{split}_file``). ``.tar`` pretraining files are read as webdataset shards."""
     d, ft = cfg["data"], cfg["data"]["finetune"]
     train = split == "train"
+    try:
+        set_max_image_pixels(d["max_image_pixels"])  # process-wide (and for its workers): every image reader
+    except ValueError as e:
+        from utils.config import ConfigError
+        raise ConfigError(str(e)) from e
     common = {"root": d["root"], "training": train, "max_bad_fraction": d["max_bad_fraction"],
               "bad_window": d["bad_window"]}
     if task.startswith("pretrain_"):

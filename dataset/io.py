@@ -12,18 +12,30 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-Image.MAX_IMAGE_PIXELS = None
+#: default of ``data.max_image_pixels``: PIL's own hard limit (twice its warning level of 89,478,485 pixels,
+#: about 13,377 x 13,377). Real photographs and scans in image-text data stay far below it; above it an image
+#: costs >= 0.5 GB and seconds to decode only to be resized to a few hundred pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+#: the bound travels to DataLoader workers and other processes started with spawn / forkserver in this variable
+MAX_IMAGE_PIXELS_ENV = "X2VLM_MAX_IMAGE_PIXELS"
+_max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class BadSample(ValueError):
     """One annotation record or its media cannot be used; the message names the file (and line)."""
+
+
+class ImageTooLarge(BadSample):
+    """An image whose header gives more pixels than ``data.max_image_pixels`` (not decoded: a decompression bomb
+    or an absurdly large scan); a bad sample like a corrupt image."""
 
 
 class MissingField(BadSample):
@@ -138,12 +150,110 @@ class AnnotationIndex:
         return rec
 
 
-def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
-    """Decode encoded image bytes to RGB; :class:`BadSample` if they are not a readable image."""
+def _apply_max_image_pixels(limit: int | None) -> None:
+    global _max_image_pixels
+    _max_image_pixels = limit
+    # PIL's own check (Image.open raises above twice its MAX_IMAGE_PIXELS) set to fire at the same bound, so it
+    # neither refuses an image this bound allows nor lets a bigger one through to other PIL users in the process
+    Image.MAX_IMAGE_PIXELS = None if limit is None else (limit + 1) // 2
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Bound on width x height of the images :func:`load_image` decodes (``data.max_image_pixels``; set by
+    :func:`dataset.create_dataset`). A bigger image is an :class:`ImageTooLarge` bad sample, refused from its
+    header before any pixel is decoded. ``None`` or 0: no bound. Also exported in ``X2VLM_MAX_IMAGE_PIXELS`` so
+    that worker processes started with spawn / forkserver use it too (forked ones inherit it)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"data.max_image_pixels must be a whole number of pixels >= 0 or null, got {limit!r}")
+    limit = limit or None
+    _apply_max_image_pixels(limit)
+    os.environ[MAX_IMAGE_PIXELS_ENV] = str(limit or 0)
+
+
+def max_image_pixels() -> int | None:
+    """The bound in force (``None``: none)."""
+    return _max_image_pixels
+
+
+try:
+    _apply_max_image_pixels(int(os.environ.get(MAX_IMAGE_PIXELS_ENV, DEFAULT_MAX_IMAGE_PIXELS)) or None)
+except ValueError:
+    _apply_max_image_pixels(DEFAULT_MAX_IMAGE_PIXELS)
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_EXIF_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def exif_upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation tag says (as viewers display it); unchanged without a tag (or
+    with an unreadable one). The tag is removed from a turned image, so applying this twice is harmless."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except _EXIF_ERRORS:
+        return image
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _grey_to_rgb(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(values, dtype=np.uint8), "L").convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of a decoded image as it is displayed: EXIF orientation applied (:func:`exif_upright`), then
+
+    - 16-bit / 32-bit integer grey (``I;16``, ``I;16B``, ``I;16L``, ``I``: what PIL gives for 16-bit PNG and TIFF)
+      scaled from 0..65535 to 0..255 (``round(v * 255 / 65535)``; ``I`` values outside 0..65535 clipped);
+    - float grey (``F``): values in [0, 1] scaled to 0..255, otherwise clipped to 0..255;
+    - transparency (``RGBA``, ``LA``, ``PA``, a palette or ``L``/``RGB`` image with a transparent colour)
+      composited over white, so dark content on a transparent background stays visible;
+    - any other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...) through PIL's ``convert("RGB")``.
+    """
+    image = exif_upright(image)
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        v = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        return _grey_to_rgb((v * 255 + 32767) // 65535)
+    if mode == "F":
+        v = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if v.size and float(v.max()) <= 1.0:
+            v = v * 255.0
+        return _grey_to_rgb(np.rint(np.clip(v, 0.0, 255.0)))
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        out = Image.new("RGB", image.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return image.convert("RGB")
+
+
+def _too_large(what: str, pixels: int, size: str = "") -> ImageTooLarge:
+    return ImageTooLarge(f"{what}: image {size + ' = ' if size else 'of '}{pixels} pixels is larger than "
+                         f"data.max_image_pixels ({_max_image_pixels}); not decoded (a decompression bomb? raise "
+                         f"the limit if such images are wanted)")
+
+
+def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
+    """Decode encoded image bytes to 8-bit RGB as displayed (:func:`to_rgb`); :class:`BadSample` if they are
+    not a readable image, :class:`ImageTooLarge` (from the header, nothing decoded) above
+    :func:`max_image_pixels`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # below the bound: decoded as asked
+            im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if _max_image_pixels is not None and w * h > _max_image_pixels:
+            raise _too_large(what, w * h, f"{w}x{h}")
+        im.load()
+        return to_rgb(im)
+    except BadSample:
+        raise
+    except Image.DecompressionBombError as e:  # PIL's own check, at the same bound, fired inside Image.open
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(what, int(found.group(1)) if found else -1) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadSample(f"{what}: corrupt or unreadable image ({e})") from e
 

@@ -228,7 +228,11 @@ class NLVRDataset(_TaskDataset):
 class GroundingDataset(_TaskDataset):
     """RefCOCO+: ``[{image, text, bbox: [x, y, w, h], ref_id?}]``. Train (a BoxAwareTransform): crop/flip,
     target box normalised (cx, cy, w, h). Eval (an eval ImageTransform): resized image, ``bbox`` in pixels,
-    ``image_size`` and ``ref_id`` (the record's number when the record has none; scoring does not use it)."""
+    ``image_size`` and ``ref_id`` (the record's number when the record has none; scoring does not use it).
+    Boxes are checked alike in both (:func:`dataset.transforms.check_box`): a bad one is a skipped, counted
+    sample in training and an error naming file and record in evaluation (which must not drop samples).
+    Boxes are in the pixels of the image as displayed, i.e. after its EXIF orientation
+    (:func:`dataset.io.to_rgb`)."""
 
     name = "grounding"
     fields = "image, text, bbox [x, y, w, h] in pixels; ref_id is optional"
@@ -241,9 +245,10 @@ class GroundingDataset(_TaskDataset):
         text, bbox = self.need(ann, "text"), self.need(ann, "bbox")
         image = load_image(self.need(ann, "image"), None, self.root)
         if not self.training:
+            # the training check (4 numbers, positive area, inside the image): a bad box stops evaluation with
+            # file:record (from _load_named) instead of being scored as a miss; the box is scored as written
+            check_box(bbox, *image.size, where="bbox")
             pixels, _ = self.transform(image)  # an eval ImageTransform
-            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-                raise BadSample(f"bbox must be 4 numbers (x, y, w, h), got {bbox!r}")
             return {"image": pixels, "text": pre_caption(text, self.max_words), "ref_id": ann.get("ref_id", i),
                     "image_size": torch.tensor(image.size), "bbox": torch.tensor(bbox, dtype=torch.float)}
         box = torch.tensor([check_box(bbox, *image.size, where="bbox")])

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from dataset import image_transform, load_tokenizer
-from dataset.io import load_image
+from dataset.io import load_image, to_rgb
 from dataset.text import pre_caption, pre_question
 from models.checkpoint import WEIGHTS_NAME, CheckpointError, LoadReport, check_fits
 from models.vqa import X2VLMForVQA
@@ -100,9 +100,9 @@ class X2VLMInference:
         return self
 
     def open_image(self, image: ImageInput) -> Image.Image:
-        """A PIL image from a PIL image or a path (a path that cannot be read raises, naming it)."""
+        """An upright RGB PIL image from a PIL image or a path (a path that cannot be read raises, naming it)."""
         if isinstance(image, Image.Image):
-            return image
+            return to_rgb(image)  # EXIF orientation and 16-bit / alpha modes, as files are read
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
             if not path.is_file():

@@ -123,7 +123,8 @@ def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str,
             raise CheckpointError(f"cannot read checkpoint {path} (corrupt, or not a PyTorch file): {e}") from e
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it was not unpickled "
-            f"(weights_only=True). If you trust this file, load it with trusted=True. Detail: {e}") from e
+            f"(weights_only=True). If you trust this file, load it with trusted=True (on the command line: "
+            f"--trusted-checkpoint). Detail: {e}") from e
     except Exception as e:  # corrupt or truncated files
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     for key in ("model", "module", "state_dict"):
@@ -383,6 +384,10 @@ def save_checkpoint_weights(model: nn.Module, output_dir: str | os.PathLike) -> 
     out.mkdir(parents=True, exist_ok=True)
     target = out / WEIGHTS_NAME
     tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, target)
+    try:
+        save_model(model, str(tmp))
+        os.replace(tmp, target)
+    except BaseException:  # no partial file stays (a full disk, a stop mid-write)
+        tmp.unlink(missing_ok=True)
+        raise
     return target

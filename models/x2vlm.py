@@ -92,31 +92,35 @@ class X2VLM(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: dict, load_weights: bool = True) -> "X2VLM":
+    def from_config(cls, cfg: dict, load_weights: bool = True, trusted: bool | None = None) -> "X2VLM":
         """Build from the full config (``model`` + ``loss`` sections) or the model section alone.
 
         With ``load_weights``: HF text weights from ``model.text.name_or_path``, BEiT-2 weights from
         ``model.vision.checkpoint``, then — with ``model.text.swap.mode`` other than none — the kept parts of
         the English checkpoint ``model.text.swap.checkpoint`` (:meth:`swap_text_encoder`, report in
-        ``swap_report``), then a full checkpoint from ``model.checkpoint``.
+        ``swap_report``), then a full checkpoint from ``model.checkpoint``. Files are read with
+        ``weights_only=True`` unless ``trusted`` (default: ``--trusted-checkpoint``; ``utils.train_state.is_trusted``).
         """
         model_cfg = _model_section(cfg)
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
         pretrained: set[str] = set()
         if load_weights:
             from models.checkpoint import check_fits, load_vision_weights
+            from utils.train_state import is_trusted
+            trusted = is_trusted(trusted)
             if model_cfg["vision"].get("checkpoint"):
-                model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"])
+                model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"],
+                                                        trusted=trusted)
                 pretrained |= {"vision_encoder." + k for k in _report_keys(model.init_report)}
             if swap_mode(model_cfg["text"]) != "none":
-                model.swap_report = model.swap_text_encoder()
+                model.swap_report = model.swap_text_encoder(trusted=trusted)
                 pretrained |= set(_report_keys(model.swap_report)) | set(model.swap_report.from_text_model)
             elif model_cfg["text"].get("name_or_path"):
                 pretrained |= {n for n, _ in model.named_parameters() if n.startswith("text_encoder.")}
                 if model_cfg["fusion"].get("init_from_text", True):
                     pretrained |= set(model.init_fusion_from_text())
             if model_cfg.get("checkpoint"):
-                model.load_report = model.load_checkpoint(model_cfg["checkpoint"])
+                model.load_report = model.load_checkpoint(model_cfg["checkpoint"], trusted=trusted)
                 check_fits(model.load_report, model.architecture, bool(model_cfg.get("allow_partial_load")))
                 pretrained |= set(_report_keys(model.load_report))
         # parameters no pretrained weight reached get optimizer.lr_mult (none when training from scratch);
@@ -149,7 +153,7 @@ class X2VLM(nn.Module):
         fusion keys written."""
         return [f"fusion.{k}" for k in self.fusion.init_from_text(self.text_encoder.encoder.layer)]
 
-    def swap_text_encoder(self):
+    def swap_text_encoder(self, trusted: bool | None = None):
         """Keep an English checkpoint's vision side and fusion around a new (e.g. XLM-R) text encoder, as
         ``model.text.swap`` says (mode, checkpoint); the text encoder already holds the new model's weights.
         Returns a :class:`~models.checkpoint.TextSwapReport` (kept / from the text model / re-initialised keys)."""
@@ -164,7 +168,8 @@ class X2VLM(nn.Module):
             from_text = [k for k in self.state_dict() if k.startswith("text_encoder.")]
             if mode == "cross_attention_only":  # fusion self-attention / FFN from the new model's top layers
                 from_text += self.init_fusion_from_text()
-        return load_text_swap(self, swap["checkpoint"], mode, from_text)
+        from utils.train_state import is_trusted
+        return load_text_swap(self, swap["checkpoint"], mode, from_text, trusted=is_trusted(trusted))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enable)
@@ -174,10 +179,12 @@ class X2VLM(nn.Module):
             self.text_encoder.gradient_checkpointing_disable()
         self.fusion.grad_checkpointing = enable
 
-    def load_checkpoint(self, path: str | Path, strict: bool = False):
-        """Load an official X²-VLM ``.th``, our own checkpoint, or a bare state dict; return the key report."""
+    def load_checkpoint(self, path: str | Path, strict: bool = False, trusted: bool | None = None):
+        """Load an official X²-VLM ``.th``, our own checkpoint, or a bare state dict; return the key report.
+        ``trusted``: unpickle any object (default: ``--trusted-checkpoint``); otherwise ``weights_only=True``."""
         from models.checkpoint import load_model_checkpoint
-        return load_model_checkpoint(self, path, strict=strict)
+        from utils.train_state import is_trusted
+        return load_model_checkpoint(self, path, strict=strict, trusted=is_trusted(trusted))
 
     def tie_weights(self) -> None:
         """(Re-)tie the MLM decoder to the word embeddings (after ``to_empty`` of a model built on ``meta``)."""

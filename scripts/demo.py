@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--caption", action="store_true", help="also generate a caption (beam search, see caption.*)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     args = p.parse_args(argv)
-    vlm = load_model(args.checkpoint, config=args.config, overrides=args.override, device=args.device)
+    if args.trusted_checkpoint:
+        from utils.train_state import trust_checkpoints
+        trust_checkpoints()
+    vlm = load_model(args.checkpoint, config=args.config, overrides=args.override, device=args.device,
+                     allow_partial=args.allow_partial_load)
     image = vlm.open_image(args.image)
     out: dict = {"itm": vlm.itm_score(image, args.text), "itc": float(vlm.similarity(image, args.text)[0, 0])}
     print(f"ITM match probability {out['itm']:.4f}, ITC similarity {out['itc']:.4f}")

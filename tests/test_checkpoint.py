@@ -519,3 +519,34 @@ def test_full_checkpoint_leaves_no_fresh_parameters(tmp_path: Path) -> None:
     assert loaded.fresh_parameters == set(), sorted(loaded.fresh_parameters)[:5]
     assert torch.equal(loaded.text_encoder.embeddings.word_embeddings.weight,
                        scratch.text_encoder.embeddings.word_embeddings.weight)
+
+
+def test_trusted_checkpoint_option_from_the_command_line(tmp_path: Path) -> None:
+    """``--trusted-checkpoint`` (every script's config options) reaches the checkpoint read of a task script: a
+    file weights_only refuses stops the script with one line naming the option; with it the run goes on."""
+    import os
+    import subprocess
+    import sys
+
+    from dataset.synthetic import generate
+    files = generate(tmp_path / "syn", n_images=4, n_videos=0)
+    path = tmp_path / "with_args.th"
+    torch.save({"model": tiny_model().state_dict(), "args": argparse.Namespace(lr=1e-4)}, path)
+    args = [str(ROOT / "Grounding.py"), "--config", str(ROOT / "configs/finetune/grounding_demo.yaml"),
+            "--device", "cpu", "--checkpoint", str(path), "--output_dir", str(tmp_path / "out"), "--evaluate",
+            "--override", f"model.text.tokenizer={files['vocab']}", "--override", f"data.root={files['root']}",
+            "--override", f"data.finetune.train_file=[{files['grounding_train']}]",
+            "--override", f"data.finetune.test_file=[{files['grounding_test']}]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args, *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    refused = run()
+    lines = [ln for ln in refused.stderr.strip().splitlines() if ln.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    assert str(path) in lines[0] and "weights_only" in lines[0] and "--trusted-checkpoint" in lines[0]
+    trusted = run("--trusted-checkpoint")
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert f"checkpoint {path}: " in trusted.stdout and "keys loaded" in trusted.stdout

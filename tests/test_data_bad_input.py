@@ -166,3 +166,86 @@ def test_task_corrupt_base64_image_is_counted_and_named(task, name, syn, tmp_pat
         create_dataset(task, cfg, "test")[2]
     from utils.cli import report_user_error
     assert "re-encode or remove that record" in report_user_error("X.py", err.value)
+
+
+def test_decompression_bomb_is_a_counted_bad_sample(syn, tmp_path, caplog, monkeypatch):
+    """A tiny PNG claiming 20000 x 20000 pixels: skipped and counted (warning with file:line) in training, an
+    error naming file:line in evaluation; never decoded."""
+    from PIL import ImageFile
+
+    from tests.test_data_images import bomb_png
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):
+        assert self.size[0] * self.size[1] <= 10_000_000, f"decoded a {self.size} image"
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    good = json.dumps({"binary": _b64(), "desc": "a green square"})
+    bad = json.dumps({"binary": base64.b64encode(bomb_png()).decode(), "desc": "a green square"})
+    path = tmp_path / "bomb.jsonl"
+    _write(path, good, bad)
+    cfg = _cfg(syn, "train_file", path)
+    train = create_dataset("pretrain_images", cfg, "train")
+    caplog.set_level(logging.WARNING, logger="x2vlm.data")
+    s = train[4]
+    assert s["skipped"] >= 1 and train.guard.report().get("ImageTooLarge", 0) >= 1
+    warnings = [r.getMessage() for r in caplog.records if "skipped broken sample" in r.getMessage()]
+    assert warnings and f"{path}:5" in warnings[0] and "larger than data.max_image_pixels" in warnings[0], warnings
+    with pytest.raises(BadSample, match=r"bomb\.jsonl:5: base64 image: image 20000x20000 = 400000000 pixels|"
+                                        r"bomb\.jsonl:5: base64 image: image of 400000000 pixels"):
+        create_dataset("pretrain_images", cfg, "val")[4]
+
+
+def _skips_per_worker(ds, n_workers: int) -> tuple[list[int], list[int]]:
+    """Broken samples each sample's fetch meets (its draws depend only on (seed, epoch, index)), and their sum
+    per DataLoader worker when batches of one go to the workers in turn."""
+    from dataset.sampling import ResumableDistributedSampler
+    order = list(ResumableDistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0))
+    skips = [ds[i]["skipped"] for i in order]
+    return skips, [sum(skips[w::n_workers]) for w in range(n_workers)]
+
+
+def test_bad_sample_budget_is_one_for_the_whole_loader(syn, tmp_path):
+    """With 2 workers the loader stops at the (budget + 1)-th broken sample counted over both workers, and
+    says that count; before, each worker had its own window (twice the budget, one worker's count)."""
+    good = json.dumps({"binary": _b64(), "desc": "a green square"})
+    path = tmp_path / "some_bad.jsonl"
+    path.write_text("\n".join(([good] * 5 + ["{not json"]) * 10) + "\n")  # 60 records, 10 broken
+    window = 1000
+    free = create_dataset("pretrain_images", _cfg(syn, "train_file", path, frac=1.0, window=window), "train")
+    free.set_seed(0)
+    skips, per_worker = _skips_per_worker(free, 2)
+    budget = max(per_worker)  # no single worker's count exceeds it ...
+    assert sum(skips) > budget  # ... but the loader's does
+    ds = create_dataset("pretrain_images", _cfg(syn, "train_file", path, frac=budget / window, window=window),
+                        "train")
+    loader = create_loader(ds, 1, collate_for("pretrain_images"), num_workers=2, seed=0)
+    with pytest.raises(TooManyBadSamples, match=rf"{budget + 1} of the last \d+ samples failed, counted over all "
+                                                rf"DataLoader workers"):
+        for _ in loader:
+            pass
+    assert ds.guard.bad_total == budget + 1  # shared with the workers: exactly one past the budget, no more
+
+
+def test_bad_box_in_grounding_eval_file_is_an_error(syn, tmp_path):
+    """A box that training would reject ([10, 10, -5, 0]: no area) stops evaluation naming file and record,
+    instead of being scored as a miss; in training it is a counted skip."""
+    from pathlib import Path
+    rows = json.loads(Path(syn["grounding_test"]).read_text())
+    rows[1]["bbox"] = [10, 10, -5, 0]
+    rows[2]["bbox"] = [0, 0, 10_000, 10]  # outside the image
+    path = tmp_path / "grounding_val.json"
+    path.write_text(json.dumps(rows))
+    cfg = load_config("configs/models/tiny.yaml", [f"model.text.tokenizer={syn['vocab']}", f"data.root={syn['root']}",
+                                                    "data.max_bad_fraction=0.5", "data.bad_window=20",
+                                                    f"data.finetune.test_file=[{path}]",
+                                                    f"data.finetune.train_file=[{path}]"])
+    ev = create_dataset("grounding", cfg, "test")
+    ev[0]
+    with pytest.raises(BadSample, match=r"grounding_val\.json\[1\]: bbox: box \[10, 10, -5, 0\] has zero area"):
+        ev[1]
+    with pytest.raises(BadSample, match=r"grounding_val\.json\[2\]: bbox: box .* lies outside the"):
+        ev[2]
+    train = create_dataset("grounding", cfg, "train")
+    assert train[1]["skipped"] >= 1 and train.guard.report() == {"BadSample": train[1]["skipped"]}

@@ -1,8 +1,11 @@
 """DeepSpeed ZeRO engine on CPU (gloo): config translation, training next to DDP, exact resume from the
-sharded checkpoints, 2 ranks vs 1, and the consolidated weights in the step checkpoint."""
+sharded checkpoints, 2 ranks vs 1, the consolidated weights in the step checkpoint, and shards read without
+running code (weights_only=True: a planted object is refused)."""
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,11 +55,15 @@ def test_scalar_parameters_are_lifted() -> None:
     assert module.temp.shape == (1,) and module.temp.item() == pytest.approx(0.07)
 
 
-def run(out: Path, nproc: int, *args: str) -> dict:
+def spawn(out: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    proc = subprocess.run([sys.executable, *launcher, str(WORKER), str(out), *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, *launcher, str(WORKER), str(out), *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
+
+
+def run(out: Path, nproc: int, *args: str) -> dict:
+    proc = spawn(out, nproc, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(out / "result.pt", weights_only=True)
 
@@ -101,3 +108,59 @@ def test_two_ranks_zero2_match_one(tmp_path: Path) -> None:
     update = sum((one["params"][k] - one["init"][k].reshape(v.shape)).norm() ** 2 for k, v in one["params"].items())
     gap = sum((two["params"][k] - v).norm() ** 2 for k, v in one["params"].items())
     assert update > 0 and gap.sqrt() < 0.04 * update.sqrt(), (float(gap.sqrt()), float(update.sqrt()))
+
+
+class Planted:
+    """A planted object: unpickling it runs ``touch marker`` (pickled as a call of os.system)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_shard_with_a_planted_object_is_refused(tmp_path: Path) -> None:
+    """--resume reads the ZeRO shards with weights_only=True: an object other than tensors, plain containers and
+    DeepSpeed's own shard classes stops the run with one line naming the file and the override, and never runs."""
+    base = tmp_path / "base"
+    steps = ["train.steps=3", "train.ckpt_every=2", *DS]
+    run(base, 1, *steps, "--stop_after", "2")
+    zero = Path("checkpoints") / "step_00000002.ds" / "zero"
+    names = sorted(p.name for p in (base / zero).iterdir())
+    assert names == ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "mp_rank_00_model_states.pt"]
+    for name in names:
+        out = tmp_path / name.removesuffix(".pt")
+        shutil.copytree(base, out)
+        shard = out / zero / name
+        marker = tmp_path / f"{name}.ran"
+        state = torch.load(shard, weights_only=False)  # the test's own file
+        state["planted"] = Planted(marker)
+        torch.save(state, shard)
+        proc = spawn(out, 1, *steps, "--resume", "latest")
+        assert proc.returncode != 0, proc.stdout[-2000:]
+        line = [x for x in proc.stderr.splitlines() if "models.checkpoint.CheckpointError: " in x][-1]
+        assert str(shard) in line and "posix.system" in line and "--trusted-checkpoint" in line, line
+        assert not marker.exists(), "the planted code ran"
+        assert '"step": 3' not in (out / "log.jsonl").read_text()  # no step trained after it
+
+
+def test_consolidation_reads_shards_weights_only(tmp_path: Path) -> None:
+    """save_shards reads the shards it wrote back through DeepSpeed's zero_to_fp32, which passes
+    weights_only=False: inside _weights_only_loads torch.load refuses objects anyway (DeepSpeed's classes pass)."""
+    import argparse
+    import pickle
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    from utils.deepspeed_engine import _weights_only_loads
+    path = tmp_path / "shard.pt"
+    torch.save({"scaler": LossScaler(1.0), "w": torch.ones(2)}, path)
+    with _weights_only_loads():
+        assert torch.load(path, weights_only=False)["scaler"].cur_scale == 1.0
+    torch.save({"args": argparse.Namespace(lr=1.0)}, path)
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    with _weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=False)
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == before
+    assert isinstance(torch.load(path, weights_only=False)["args"], argparse.Namespace)  # outside: as before

@@ -1,6 +1,12 @@
 """The launcher builds the right command for one process, N GPUs and several nodes."""
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -32,3 +38,147 @@ def test_bad_dist_value_is_a_clear_error() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", "many"],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "--dist must be" in out.stderr
+
+
+def _gone(pid: int) -> bool:
+    """``pid`` has ended (or is a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+IGNORES_TERM = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "time.sleep(120)"], start_new_session=True)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_sigterm_to_run_py_kills_a_task_that_will_not_stop(tmp_path) -> None:
+    """A task (and its grandchild, in its own session, like torchrun's workers) that ignores SIGTERM is killed
+    ``stop_timeout`` seconds after run.py gets SIGTERM; nothing is left."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import run; "
+            f"raise SystemExit(run.run_child([sys.executable, '-c', {IGNORES_TERM!r}], stop_timeout=1.0))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        import run
+        below = run.descendants(proc.pid)
+        assert len(below) == 2
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        assert time.monotonic() - start < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert rc == 128 + signal.SIGTERM  # run.py was stopped by SIGTERM (its task had to be killed)
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(p) for p in below), below
+
+
+def test_sigterm_to_run_py_stops_the_training_and_leaves_nothing(tmp_path) -> None:
+    """run.py --dist cpu: SIGTERM reaches the trainer, which checkpoints and exits 143; run.py exits 143 and
+    no process of the task remains."""
+    from dataset.synthetic import generate
+    from tests.test_stop import env, finish, pretrain_args, wait_for_step
+    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", "cpu",
+                             "--stop_timeout", "60", *pretrain_args(data, out)], cwd=ROOT, env=env(), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_step(proc, out, 2)
+        import run
+        below = run.descendants(proc.pid)
+        assert below
+        proc.send_signal(signal.SIGTERM)
+        rc, err = finish(proc, timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert rc == 143, err[-3000:]
+    assert "stopped by SIGTERM after step" in err and "Traceback" not in err, err[-3000:]
+    assert list((out / "checkpoints").glob("step_*.pt"))
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(p) for p in below), below
+
+
+@pytest.mark.parametrize("how", ["sigterm_run_py", pytest.param("kill_torchrun", marks=pytest.mark.skip(
+    reason="flaky (about 1 run in 4 on the 2-core CPU): after kill -9 of the torchrun agent both workers sometimes "
+           "die within 0.4 s without their stop checkpoint; cause not found yet (issue 17 point 2)"))])
+def test_two_workers_stop_with_a_checkpoint_and_leave_nothing(tmp_path, how: str) -> None:
+    """run.py --dist 2 (torchrun, gloo): SIGTERM to run.py, or kill -9 of the torchrun agent (its workers get
+    SIGTERM from the kernel): both workers stop at the same step with one checkpoint; no process remains."""
+    from dataset.synthetic import generate
+    from tests.test_stop import env, finish, log_records, pretrain_args, wait_for_step
+    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", "2",
+                             "--stop_timeout", "60", *pretrain_args(data, out, "train.steps=40")], cwd=ROOT, env=env(),
+                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_step(proc, out, 2)
+        import run
+        below = run.descendants(proc.pid)
+        agent = [p for p, parent in run._parents().items() if parent == proc.pid]
+        assert len(agent) == 1 and len(below) >= 3  # torchrun and its 2 workers
+        if how == "sigterm_run_py":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(agent[0], signal.SIGKILL)
+        rc, err = finish(proc, timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert rc == (143 if how == "sigterm_run_py" else 137), err[-3000:]
+    lines = [x for x in err.splitlines() if "stopped by SIGTERM" in x]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]  # rank 0 reports, torchrun stays quiet
+    stopped = [r for r in log_records(out) if r.get("event") == "stopped"]
+    assert len(stopped) == 1 and (out / "checkpoints" / f"step_{stopped[0]['step']:08d}.pt").is_file()
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(p) for p in below), below
+
+
+@pytest.mark.parametrize("dist", ["cpu", "2"])
+def test_max_restarts_resumes_from_the_latest_checkpoint(tmp_path, dist: str) -> None:
+    """run.py --max-restarts 1: a trainer (one process, or a torchrun worker) killed with -9 comes back by itself
+    and continues from the latest step checkpoint to the end."""
+    from dataset.synthetic import generate
+    from tests.test_stop import env, finish, log_records, pretrain_args, wait_for_step
+    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", dist,
+                             "--max-restarts", "1", *pretrain_args(data, out, "train.ckpt_every=2")], cwd=ROOT,
+                            env=env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_step(proc, out, 3)
+        import run
+        parents = run._parents()
+        child = [p for p, parent in parents.items() if parent == proc.pid]
+        victim = child[0] if dist == "cpu" else [p for p, parent in parents.items() if parent == child[0]][0]
+        os.kill(victim, signal.SIGKILL)
+        rc, err = finish(proc, timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert rc == 0, err[-3000:]
+    records = log_records(out)
+    resumed = [r for r in records if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] >= 2, records
+    assert {r["step"] for r in records if "loss" in r} == set(range(1, 9))

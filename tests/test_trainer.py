@@ -1,7 +1,10 @@
-"""The shared training loop: learning, exact resume, crash-safe checkpoints, non-finite skipping."""
+"""The shared training loop: learning, exact resume, crash-safe checkpoints, non-finite skipping, step
+checkpoints read without running code, and no mixing of an abandoned run's checkpoints into a resumed one."""
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,8 +16,10 @@ from typing import Any
 import pytest
 import torch
 
+from models.checkpoint import CheckpointError
 from models.x2vlm import X2VLM
 from tests.conftest import ROOT, random_batch
+from utils import train_state
 from utils.config import apply_overrides
 from utils.dist import DistInfo
 from utils.train_state import checkpoint_paths, load_train_state, save_train_state
@@ -116,3 +121,86 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["step_00000001.pt"]
     state = load_train_state(paths[-1])
     assert torch.equal(state["model"]["w"], torch.zeros(3)) and state["step"] == 1
+
+
+def test_resume_from_an_older_checkpoint_sets_the_abandoned_ones_aside(tiny_cfg: dict, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Train to 4 (checkpoints 2, 4), resume from 2, get killed after 3 (checkpoint 3): --resume latest must
+    continue step 3's timeline, not the abandoned step 4."""
+    cfg = train_cfg(tiny_cfg, tmp_path, 6, **{"train.ckpt_every": 2, "train.keep_last": 5})
+    folder = tmp_path / "checkpoints"
+
+    def names() -> list[str]:
+        return [p.name for p in checkpoint_paths(tmp_path)]
+
+    make_trainer(cfg).fit(batches(cfg), stop_after=4)
+    assert names() == ["step_00000002.pt", "step_00000004.pt"]
+    abandoned_4 = load_train_state(folder / "step_00000004.pt")
+    second = make_trainer(cfg)
+    assert second.resume(str(folder / "step_00000002.pt")) and second.step == 2
+    out = capsys.readouterr().out
+    assert "step_00000004.pt" in out and "abandoned" in out and len(out.strip().splitlines()) == 1
+    assert names() == ["step_00000002.pt"]
+    moved = list(folder.glob("abandoned_*/step_00000004.pt"))
+    assert len(moved) == 1 and torch.equal(load_train_state(moved[0])["rng"]["torch"], abandoned_4["rng"]["torch"])
+    second.fit(batches(cfg), stop_after=3)  # killed after step 3, its checkpoint written
+    assert names() == ["step_00000002.pt", "step_00000003.pt"]
+    third = make_trainer(cfg)
+    assert third.resume("latest") and third.step == 3
+    for (name, a), b in zip(second.model.state_dict().items(), third.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    assert capsys.readouterr().out == ""  # resuming the newest moves nothing
+    events = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if "abandoned" in line]
+    assert len(events) == 1 and str(moved[0].parent) in events[0]
+
+
+class Planted:
+    """A planted object: unpickling it runs ``touch marker`` (pickled as a call of os.system)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_step_checkpoint_with_a_planted_object_is_refused(tiny_cfg: dict, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_state, "_TRUSTED", False)  # restored after the test
+    cfg = train_cfg(tiny_cfg, tmp_path, 3)
+    make_trainer(cfg).fit(batches(cfg))
+    path = checkpoint_paths(tmp_path)[-1]
+    state = torch.load(path, weights_only=True)
+    marker = tmp_path / "planted_code_ran"
+    torch.save({**state, "planted": Planted(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        make_trainer(cfg).resume("latest")
+    message = str(err.value)
+    assert str(path) in message and "posix.system" in message and "--trusted-checkpoint" in message
+    assert "\n" not in message
+    assert not marker.exists(), "the planted code ran"
+    # a file you trust (a harmless object weights_only refuses): trusted=True, or --trusted-checkpoint's default
+    torch.save({**state, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(CheckpointError, match="argparse.Namespace"):
+        make_trainer(cfg).resume("latest")
+    trainer = make_trainer(cfg)
+    assert trainer.resume("latest", trusted=True) and trainer.step == 3
+    train_state.trust_checkpoints()
+    assert make_trainer(cfg).resume("latest")
+    with pytest.raises(CheckpointError, match="argparse.Namespace"):
+        make_trainer(cfg).resume("latest", trusted=False)  # an explicit choice wins over the default
+
+
+def test_failed_save_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
+    """A write that fails (here: a full disk) removes its temporary file and keeps the previous checkpoint."""
+    import errno
+
+    from utils import train_state
+    first = train_state.save_train_state(tmp_path, 1, {"model": {"w": torch.zeros(2)}})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(train_state.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train_state.save_train_state(tmp_path, 2, {"model": {"w": torch.ones(2)}})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [first.name]

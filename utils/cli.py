@@ -16,6 +16,16 @@ from utils.config import ConfigError
 USER_ERROR = 2
 
 
+class ExitWithMessage(Exception):
+    """An expected end of a run that is no user error, e.g. training stopped by a signal (``utils.trainer.
+    TrainingStopped``) or a collective timeout (``utils.dist.CollectiveTimeout``): :func:`cli_main` prints
+    ``prog: <message>`` on stderr (when ``report``; other ranks of a job stay silent) and exits with ``code``."""
+
+    def __init__(self, message: str, code: int, report: bool = True):
+        super().__init__(message)
+        self.code, self.report = code, report
+
+
 def _hint(error: BaseException) -> str:
     """What to do about ``error``, appended to its message."""
     text = str(error)
@@ -56,10 +66,16 @@ def report_user_error(prog: str, error: BaseException) -> str:
 
 
 def cli_main(main: Callable[..., Any], prog: str | None = None) -> None:
-    """Run ``main()``; on a user error print one line (see :func:`report_user_error`) and exit with status 2."""
+    """Run ``main()``; on a user error print one line (see :func:`report_user_error`) and exit with status 2; on
+    an :class:`ExitWithMessage` (a signal stopped training: 128 + the signal's number, 143 for SIGTERM, 130 for
+    SIGINT; a collective timeout: 124) print its one line and exit with its code."""
     prog = prog or Path(sys.argv[0]).name
     try:
         main()
     except user_errors() as e:
         print(report_user_error(prog, e), file=sys.stderr)
         raise SystemExit(USER_ERROR) from None
+    except ExitWithMessage as e:
+        if e.report:
+            print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.code) from None

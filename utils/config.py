@@ -1,4 +1,4 @@
-"""YAML configuration: defaults, `base:` inheritance, `--override key.sub=value`, strict key checking."""
+"""YAML configuration: defaults, `base:` inheritance, `--override key.sub=value`, strict key and value checking."""
 from __future__ import annotations
 
 import argparse
@@ -132,7 +132,8 @@ def load_defaults() -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults, then the file (with its ``base:`` chain), then overrides; every key is checked."""
+    """Defaults, then the file (with its ``base:`` chain), then overrides; every key is checked, and every value
+    for its type and range (:mod:`utils.config_schema`)."""
     schema = load_defaults()
     cfg = copy.deepcopy(schema)
     if path is not None:
@@ -142,7 +143,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     cfg = apply_overrides(cfg, list(overrides), schema)
     _check_keys(cfg, schema, source="overrides")
     _coerce_numbers(cfg, schema)
-    return cfg
+    from utils.config_schema import check_config  # imports ConfigError from here
+    return check_config(cfg, schema)
 
 
 def save_config(cfg: dict, output_dir: str | os.PathLike) -> Path:
@@ -169,10 +171,17 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str | None 
     parser.add_argument("--allow-partial-load", action="store_true",
                         help="go on when a checkpoint leaves backbone weights at random init (sets "
                              "model.allow_partial_load; by default such a load stops the script)")
+    parser.add_argument("--trusted-checkpoint", action="store_true",
+                        help="unpickle any object in the checkpoint files this run reads (--checkpoint, "
+                             "model.*checkpoint, --resume, DeepSpeed shards); a pickle can run code, so only for "
+                             "files you trust (by default only tensors and plain containers are read)")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
     overrides = list(args.override)
     if getattr(args, "allow_partial_load", False):
         overrides.append("model.allow_partial_load=true")
+    if getattr(args, "trusted_checkpoint", False):
+        from utils.train_state import trust_checkpoints
+        trust_checkpoints()  # the default of every checkpoint read in this process
     return load_config(args.config, overrides)

@@ -3,10 +3,13 @@ and step checkpoints that sit beside the DDP ones (same ``step_*.pt`` file, plus
 
 The ``.pt`` file of a DeepSpeed step checkpoint holds the consolidated fp32 model weights, the scheduler,
 the counters and RNG states, like a DDP one (so it loads anywhere as a model checkpoint); the optimizer
-state lives in the ZeRO shard folder ``step_*.ds`` next to it, read back by DeepSpeed on resume.
+state lives in the ZeRO shard folder ``step_*.ds`` next to it, read back by DeepSpeed on resume — with
+``weights_only=True`` (DeepSpeed's own checkpoint engine unpickles anything): tensors, plain containers and the
+few DeepSpeed classes its ZeRO 1/2 shards hold (:func:`shard_globals`), unless ``--trusted-checkpoint``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from utils.config import ConfigError
+from utils.train_state import is_trusted, load_checkpoint_file
 
 SUPPORTED_STAGES = (1, 2)
 _OWNED = {"gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.clip_grad"}
@@ -119,6 +123,53 @@ def shard_dir(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".ds")
 
 
+def shard_globals() -> list[type]:
+    """The classes besides tensors and plain containers in the ZeRO 1/2 shards our trainer writes (DeepSpeed
+    0.19; ``*_optim_states.pt``; ``mp_rank_00_model_states.pt`` holds none): the loss scaler (``LossScaler``
+    under bf16, ``DynamicLossScaler`` under fp16), the stage enum (``ZeroStageEnum``) and the flat-buffer
+    addresses of ``param_slice_mappings`` (``fragment_address``, a dataclass). Only these are allowed."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class _SafeShardReader:
+    """Stands in for the engine's checkpoint engine while it loads: reads each shard with
+    :func:`~utils.train_state.load_checkpoint_file` (``weights_only=True`` + :func:`shard_globals`, unless
+    trusted); everything else goes to the engine's own checkpoint engine."""
+
+    def __init__(self, inner: Any, trusted: bool):
+        self._inner, self._trusted = inner, trusted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_checkpoint_file(path, map_location, self._trusted, shard_globals())
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Every ``torch.load`` inside runs with ``weights_only=True`` (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``, which
+    overrides callers passing False, as DeepSpeed's ``zero_to_fp32`` does) and :func:`shard_globals` allowed."""
+    def put(values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    wanted = {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": None}  # torch refuses both
+    before = {key: os.environ.get(key) for key in wanted}
+    put(wanted)
+    try:
+        with torch.serialization.safe_globals(shard_globals()):
+            yield
+    finally:
+        put(before)
+
+
 def save_shards(engine, checkpoint: Path, shapes: dict[str, torch.Size] | None = None
                 ) -> dict[str, torch.Tensor] | None:
     """Every rank writes its ZeRO shards for ``checkpoint`` (into a temporary folder renamed by rank 0
@@ -137,8 +188,9 @@ def save_shards(engine, checkpoint: Path, shapes: dict[str, torch.Size] | None =
     weights = None
     if rank0:
         shapes = shapes or {}
-        weights = {k: v.float().reshape(shapes[k]) if k in shapes else v.float()
-                   for k, v in get_fp32_state_dict_from_zero_checkpoint(str(tmp), tag="zero").items()}
+        with _weights_only_loads():  # the shards just written, read back without unpickling objects
+            consolidated = get_fp32_state_dict_from_zero_checkpoint(str(tmp), tag="zero")
+        weights = {k: v.float().reshape(shapes[k]) if k in shapes else v.float() for k, v in consolidated.items()}
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -146,13 +198,20 @@ def save_shards(engine, checkpoint: Path, shapes: dict[str, torch.Size] | None =
     return weights
 
 
-def load_shards(engine, checkpoint: Path) -> None:
-    """Restore module and optimizer partitions from the shard folder of ``checkpoint``."""
+def load_shards(engine, checkpoint: Path, trusted: bool | None = None) -> None:
+    """Restore module and optimizer partitions from the shard folder of ``checkpoint``, every shard read with
+    ``weights_only=True`` and :func:`shard_globals` (a shard holding anything else raises a one-line
+    :class:`~models.checkpoint.CheckpointError` naming it), unless ``trusted`` (default: ``--trusted-checkpoint``)."""
     folder = shard_dir(checkpoint)
     if not folder.is_dir():
         raise FileNotFoundError(f"{checkpoint}: DeepSpeed shard folder {folder} is missing (was this checkpoint "
                                 "written with train.engine 'ddp'? resume it with that engine)")
-    path, _ = engine.load_checkpoint(str(folder), tag="zero", load_module_strict=True,
-                                     load_optimizer_states=True, load_lr_scheduler_states=False)
+    own = engine.checkpoint_engine
+    engine.checkpoint_engine = _SafeShardReader(own, is_trusted(trusted))
+    try:
+        path, _ = engine.load_checkpoint(str(folder), tag="zero", load_module_strict=True,
+                                         load_optimizer_states=True, load_lr_scheduler_states=False)
+    finally:
+        engine.checkpoint_engine = own
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")

@@ -1,11 +1,21 @@
-"""torch.distributed set-up from the environment torchrun provides (RANK, WORLD_SIZE, LOCAL_RANK)."""
+"""torch.distributed set-up from the environment torchrun provides (RANK, WORLD_SIZE, LOCAL_RANK), a collective
+timeout (``train.dist_timeout``) and the one-line report of a rank that stopped answering."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from utils.cli import ExitWithMessage
+
+#: exit status of a rank whose collective timed out (as coreutils ``timeout``)
+COLLECTIVE_TIMEOUT_EXIT = 124
+_timeout_s: float | None = None  # the process group's collective timeout, as init_distributed set it
 
 
 @dataclass(frozen=True)
@@ -24,11 +34,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout: float | None = None) -> DistInfo:
     """Join the process group if launched by torchrun (``WORLD_SIZE`` > 1); pick the device.
 
     ``device``: ``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``. Backend: NCCL on CUDA, gloo on CPU.
+    ``timeout``: seconds a collective waits for the other ranks before it fails (``train.dist_timeout``;
+    None: torch's default). A worker of torchrun also asks the kernel for SIGTERM when torchrun dies (Linux),
+    so a killed launcher leaves no training orphans (the SIGTERM stops training with a checkpoint).
     """
+    global _timeout_s
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,8 +53,33 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            die_with_parent()
+        kwargs = {} if not timeout else {"timeout": timedelta(seconds=float(timeout))}
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        if restart > 0:
+            # torchrun keeps its store over restarts: the group's keys get a prefix of their own, or a restarted
+            # rank would read a dead rank's address from the previous attempt ("Connection refused")
+            from torch.distributed.rendezvous import rendezvous
+            store, _, _ = next(rendezvous("env://", rank, world, **kwargs))
+            kwargs.update(store=dist.PrefixStore(f"x2vlm/restart_{restart}", store), rank=rank, world_size=world)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kwargs)
+        _timeout_s = float(timeout) if timeout else None
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent exits (Linux ``PR_SET_PDEATHSIG``);
+    False where that is not available."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(1, int(signum), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+    if ok and os.getppid() == 1:  # the parent died before the request: nobody will send it
+        os.kill(os.getpid(), signum)
+    return ok
 
 
 def barrier() -> None:
@@ -55,6 +94,64 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest of every rank's ``value`` (``value`` itself when not distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+    return value
+
+
+class CollectiveTimeout(ExitWithMessage):
+    """A collective of this rank waited ``train.dist_timeout`` seconds for other ranks; ``missing``: the ranks
+    that did not report the timeout themselves (those that stopped answering), None if unknown."""
+
+    def __init__(self, rank: int, timeout: float | None, missing: list[int] | None, step: int | None = None):
+        self.rank, self.timeout, self.missing, self.step = rank, timeout, missing, step
+        after = f" after {timeout:g} s" if timeout else ""
+        if missing:
+            who = "ranks " + ", ".join(map(str, missing)) + " (they stopped answering"
+            who += f" during step {step})" if step is not None else ")"
+        else:
+            who = "other ranks (which could not be told)"
+        super().__init__(f"rank {rank}: collective timed out{after} waiting for {who}; every rank stops "
+                         f"(train.dist_timeout sets the wait)", COLLECTIVE_TIMEOUT_EXIT)
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    """Whether ``error`` (raised by a collective of an initialised process group) is its timeout."""
+    if not (dist.is_available() and dist.is_initialized()) or not isinstance(error, RuntimeError):
+        return False
+    text = str(error).lower()
+    return ("timed out" in text or "timeout" in text) and "dataloader" not in text
+
+
+def unresponsive_ranks(wait: float) -> list[int] | None:
+    """After a collective of this rank timed out: every rank that times out says so in the process group's
+    store; the ranks that have not said so within ``wait`` seconds are returned (those that stopped
+    answering). None when the store cannot be reached."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        rank, world = dist.get_rank(), dist.get_world_size()
+        store.set(f"x2vlm/timed_out/{rank}", "1")
+        deadline = time.monotonic() + wait
+        while True:
+            missing = [r for r in range(world) if not store.check([f"x2vlm/timed_out/{r}"])]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - a broken store only costs the rank names
+        return None
+
+
+def collective_timeout(error: BaseException, step: int | None = None) -> CollectiveTimeout:
+    """The :class:`CollectiveTimeout` to raise for ``error`` (see :func:`is_collective_timeout`); names the
+    ranks that stopped answering (waits up to ``min(timeout, 30)`` s for the others to time out too)."""
+    wait = min(_timeout_s or 30.0, 30.0)
+    return CollectiveTimeout(dist.get_rank(), _timeout_s, unresponsive_ranks(wait), step)
 
 
 def cleanup() -> None:

@@ -1,12 +1,16 @@
 """Step checkpoints that resume exactly: model, optimizer, scheduler, scaler, counters, RNG states and
 data position. Written to a temporary file and renamed, so a crash never leaves a broken checkpoint;
-only the last N are kept. Loaded with ``torch.load(weights_only=True)``."""
+only the last N are kept. Every checkpoint file is read by :func:`load_checkpoint_file`: ``torch.load`` with
+``weights_only=True`` (tensors, plain containers and exactly the classes a caller allows), unless trusted
+(``--trusted-checkpoint``)."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,55 @@ import torch
 
 CKPT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^step_(\d+)\.pt$")
+TRUST_HINT = "if you trust this file: --trusted-checkpoint (trusted=True in Python)"
+_TRUSTED = False  # this process's default for checkpoint reads (--trusted-checkpoint)
+
+
+def trust_checkpoints(trusted: bool = True) -> None:
+    """Make ``trusted`` the default of every checkpoint read in this process (``--trusted-checkpoint``): full
+    unpickling, which can run code a file carries; only for files you trust. Reads passed ``trusted=`` keep it."""
+    global _TRUSTED
+    _TRUSTED = bool(trusted)
+
+
+def is_trusted(trusted: bool | None = None) -> bool:
+    """``trusted`` if given, else this process's default (:func:`trust_checkpoints`; False unless set)."""
+    return _TRUSTED if trusted is None else bool(trusted)
+
+
+def _unsafe_globals(path: str | os.PathLike, allowed: list[type]) -> list[str]:
+    """The classes / functions a zip-format checkpoint names that ``weights_only`` would refuse ([] if unknown)."""
+    ok = {f"{c.__module__}.{c.__qualname__}" for c in allowed}
+    try:
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - ok)
+    except Exception:  # not a zip checkpoint (legacy format or garbage)
+        return []
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool | None = None,
+                         allowed: tuple[type, ...] | list[type] = ()) -> Any:
+    """``torch.load`` of a checkpoint file without running code: ``weights_only=True`` with exactly the classes
+    ``allowed`` added (scoped to this call), unless ``trusted`` (default: :func:`is_trusted`). A file naming any
+    other class or function raises a one-line :class:`~models.checkpoint.CheckpointError` that names the file,
+    the refused globals and the override; an unreadable file one that names the file."""
+    from models.checkpoint import CheckpointError
+    if is_trusted(trusted):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_globals(path, list(allowed))
+        if unsafe:
+            raise CheckpointError(
+                f"{path} holds objects other than tensors and plain containers ({', '.join(unsafe)}), so it was "
+                f"not unpickled (weights_only=True: a pickle can run code); {TRUST_HINT}") from e
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, or not a PyTorch file): {e}") from e
+    except Exception as e:  # truncated or corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,11 +128,15 @@ def save_train_state(output_dir: str | os.PathLike, step: int, state: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / checkpoint_name(step)
     tmp = folder / f".{target.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save({**state, "step": step, "rng": rng_state()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({**state, "step": step, "rng": rng_state()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # a full disk, a stop mid-write: no partial file stays; the previous checkpoint is intact
+        tmp.unlink(missing_ok=True)
+        raise
     if keep_last > 0:
         for old in checkpoint_paths(output_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -95,13 +152,47 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a step checkpoint (tensors and plain containers only) and restore the RNG states."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                     trusted: bool | None = None) -> dict[str, Any]:
+    """Read a step checkpoint (tensors and plain containers only, unless ``trusted``: :func:`load_checkpoint_file`)
+    and restore the RNG states."""
+    state = load_checkpoint_file(path, map_location, trusted)
     set_rng_state(state["rng"])
     return state
+
+
+def step_of(path: str | os.PathLike) -> int | None:
+    """The step number in a ``step_*.pt`` file name (None for other names)."""
+    m = _PATTERN.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def set_aside_newer(output_dir: str | os.PathLike, resumed: str | os.PathLike, step: int) -> Path | None:
+    """Resuming ``resumed`` (at ``step``) abandons the timeline of every step checkpoint in ``output_dir`` newer
+    than it (and of another file at the same step): move those (``.pt`` with their ``.ds`` shards) into
+    ``checkpoints/abandoned_<UTC time>/`` so that ``--resume latest`` never mixes the two timelines. Returns
+    that folder (None when nothing moved)."""
+    resumed = Path(resumed).resolve()
+    stale = [p for p in checkpoint_paths(output_dir)
+             if step_of(p) > step or (step_of(p) == step and p.resolve() != resumed)]
+    if not stale:
+        return None
+    dest = Path(output_dir) / CKPT_DIR / time.strftime("abandoned_%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = dest.with_name(f"{dest.name}_{os.getpid()}") if dest.exists() else dest
+    dest.mkdir(parents=True)
+    for p in stale:
+        for part in (p, p.with_suffix(".ds")):
+            if part.exists():
+                os.replace(part, dest / part.name)
+    print(f"resume: step {step} ({resumed.name}) is older than {len(stale)} checkpoint(s) of an abandoned run "
+          f"({', '.join(p.name for p in stale)}): moved them to {dest}, so that --resume latest follows this run")
+    return dest

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -16,10 +19,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from utils import deepspeed_engine
+from utils.cli import ExitWithMessage
 from utils.config import ConfigError
-from utils.dist import DistInfo, all_reduce_mean
+from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
 from utils.optim import build_optimizer, build_scheduler
-from utils.train_state import load_train_state, resolve_resume, save_train_state
+from utils.train_state import load_train_state, resolve_resume, save_train_state, set_aside_newer
 
 BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
 """Given the index of the first micro-batch to produce, returns an iterator of batches from there on."""
@@ -125,17 +129,20 @@ class Trainer:
             state["data"] = self._data.state_dict()
         return state
 
-    def resume(self, resume: str | None) -> bool:
-        """Restore everything from a step checkpoint (``latest`` or a path); False if there is none."""
+    def resume(self, resume: str | None, trusted: bool | None = None) -> bool:
+        """Restore everything from a step checkpoint (``latest`` or a path); False if there is none. Files are
+        read with ``weights_only=True`` unless ``trusted`` (default: ``--trusted-checkpoint``). Step checkpoints
+        of ``output_dir`` newer than the one resumed (an abandoned run's) are moved aside (rank 0:
+        :func:`~utils.train_state.set_aside_newer`), so that a later ``--resume latest`` follows this run."""
         path = resolve_resume(resume, self.output_dir)
         if path is None:
             return False
-        state = load_train_state(path, map_location=self.dist.device)
+        state = load_train_state(path, map_location=self.dist.device, trusted=trusted)
         engine = state.get("engine", "ddp")
         if engine != self.train_cfg["engine"]:
             raise ConfigError(f"{path} was written with train.engine '{engine}'; resume it with that engine")
         if self.deepspeed:
-            deepspeed_engine.load_shards(self.engine, path)
+            deepspeed_engine.load_shards(self.engine, path, trusted=trusted)
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -149,6 +156,10 @@ class Trainer:
                 raise ValueError(f"{path} has no data position; it cannot resume a tracked data stream exactly")
             self._data.load_state_dict(state["data"])
         self._log({"event": "resumed", "checkpoint": str(path), "step": self.step})
+        if self.dist.is_main:
+            moved = set_aside_newer(self.output_dir, path, self.step)
+            if moved is not None:
+                self._log({"event": "abandoned_checkpoints_moved", "to": str(moved), "step": self.step})
         return True
 
     def save(self) -> Path | None:
@@ -240,60 +251,144 @@ class Trainer:
     def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None,
             stop_after: int | None = None) -> dict[str, float]:
         """Train until ``train.steps`` (or until step ``stop_after``, checkpointing there, for a run cut
-        into parts); returns the mean losses of the last log window."""
+        into parts); returns the mean losses of the last log window.
+
+        SIGTERM / SIGINT (the same signal twice: stop at once, the usual way) end the current optimiser step,
+        write a step checkpoint and raise :class:`TrainingStopped`; the ranks of a job agree on the step (one
+        tiny all-reduce per step). A collective that waits longer than ``train.dist_timeout`` raises
+        :class:`utils.dist.CollectiveTimeout` naming the ranks that stopped answering."""
         accum = self.train_cfg["grad_accum"]
         total = self.train_cfg["steps"] if stop_after is None else min(stop_after, self.train_cfg["steps"])
         it = batches(self.step * accum)
         window: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         images, t0 = 0, time.perf_counter()
+        saved: tuple[int, Path | None] = (-1, None)  # the step of the last checkpoint and its path (rank 0)
         bar = None
         if self.dist.is_main:
             from tqdm import tqdm
             bar = tqdm(total=self.train_cfg["steps"], initial=self.step, desc="train", dynamic_ncols=True)
         self.model.train()
-        while self.step < total:
-            self._enter_stage()
-            losses = defaultdict(float)
-            for micro in range(accum):
-                batch = to_device(next(it), self.dist.device, self.dtype if self.deepspeed else None)
-                # seeds the model's sampling (ITM negatives): reproducible, and equal for equal global batches
-                batch["sample_seed"] = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
-                out = self._micro_step(batch, sync=micro == accum - 1)
-                for k, v in out.items():
-                    losses[k] += v.detach().float() / accum
-                n = count_images(batch)
-                images += n
-                self.samples_seen += n * self.dist.world_size
-            loss = all_reduce_mean(losses["loss"])
-            finite = bool(torch.isfinite(loss))
-            self._finish_step(finite)
-            self.step += 1
-            if finite:
-                for k, v in losses.items():
-                    window[k].append(float(all_reduce_mean(v)))
+        try:
+            with StopSignals() as stop:
+                while self.step < total:
+                    try:
+                        images += self._train_step(it, accum, window, bar)
+                        if self.step % self.train_cfg["log_every"] == 0 or self.step == total:
+                            elapsed = time.perf_counter() - t0
+                            last = {k: sum(v) / len(v) for k, v in window.items() if v}
+                            record = {"step": self.step, **last, "lr": self.scheduler.get_last_lr()[0],
+                                      "images_per_s": images * self.dist.world_size / max(elapsed, 1e-9),
+                                      "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
+                                      **self._data_counters()}
+                            if extra_log is not None:
+                                record.update(extra_log())
+                            self._log(record)
+                            window.clear()
+                            images, t0 = 0, time.perf_counter()
+                        if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
+                            saved = (self.step, self.save())
+                        signum = all_reduce_max(stop.signum, self.dist.device) if self.dist.distributed \
+                            else stop.signum
+                        if signum:
+                            if saved[0] != self.step:
+                                saved = (self.step, self.save())
+                            name = signal.Signals(signum).name
+                            self._log({"event": "stopped", "signal": name, "step": self.step,
+                                       "checkpoint": str(saved[1])})
+                            raise TrainingStopped(signum, self.step, saved[1], report=self.dist.is_main)
+                    except RuntimeError as e:
+                        if self.dist.distributed and is_collective_timeout(e):
+                            raise collective_timeout(e, self.step + 1) from e
+                        raise
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-            if self.step % self.train_cfg["log_every"] == 0 or self.step == total:
-                elapsed = time.perf_counter() - t0
-                last = {k: sum(v) / len(v) for k, v in window.items() if v}
-                record = {"step": self.step, **last, "lr": self.scheduler.get_last_lr()[0],
-                          "images_per_s": images * self.dist.world_size / max(elapsed, 1e-9),
-                          "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
-                          **self._data_counters()}
-                if extra_log is not None:
-                    record.update(extra_log())
-                self._log(record)
-                window.clear()
-                images, t0 = 0, time.perf_counter()
-            if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
-                self.save()
-        if bar is not None:
-            bar.close()
-        if self._tb is not None:
-            self._tb.flush()
+                bar.close()
+            if self._tb is not None:
+                self._tb.flush()
         return {k: v for k, v in last.items() if not math.isnan(v)}
+
+    def _train_step(self, it: Iterator[dict[str, Any]], accum: int, window: dict[str, list[float]],
+                    bar: Any) -> int:
+        """One optimiser step over ``accum`` micro-batches of ``it``; the losses go to ``window``. Returns the
+        images this rank trained on."""
+        self._enter_stage()
+        losses: dict[str, torch.Tensor] = defaultdict(float)
+        images = 0
+        for micro in range(accum):
+            batch = to_device(next(it), self.dist.device, self.dtype if self.deepspeed else None)
+            # seeds the model's sampling (ITM negatives): reproducible, and equal for equal global batches
+            batch["sample_seed"] = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
+            out = self._micro_step(batch, sync=micro == accum - 1)
+            for k, v in out.items():
+                losses[k] += v.detach().float() / accum
+            n = count_images(batch)
+            images += n
+            self.samples_seen += n * self.dist.world_size
+        loss = all_reduce_mean(losses["loss"])
+        finite = bool(torch.isfinite(loss))
+        self._finish_step(finite)
+        self.step += 1
+        if finite:
+            for k, v in losses.items():
+                window[k].append(float(all_reduce_mean(v)))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        return images
+
+
+class TrainingStopped(ExitWithMessage):
+    """SIGTERM / SIGINT stopped training after step ``step``; ``checkpoint``: the step checkpoint written then
+    (rank 0's path; None on the other ranks). The exit status is 128 + the signal's number (143 for SIGTERM,
+    130 for SIGINT)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, report: bool = True):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+                         f"{checkpoint if checkpoint is not None else 'written by rank 0'}; resume with "
+                         f"--resume latest", 128 + signum, report)
+
+
+class StopSignals:
+    """While entered (in the main thread), SIGTERM and SIGINT only set :attr:`signum` (the first one received),
+    for the training loop to stop at the end of its step; the same signal a second time stops the process at
+    once, as it would without this (KeyboardInterrupt for SIGINT). The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signum:  # asked again: stop now
+            previous = self._previous.get(signum)
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        if not self.signum:
+            self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+def restart_resume(resume: str | None) -> str | None:
+    """``resume``, or ``latest`` when this process restarts a failed run (``TORCHELASTIC_RESTART_COUNT`` > 0:
+    torchrun's ``--max-restarts``, or ``run.py --max-restarts`` for one process), so that the restarted run
+    continues from its newest step checkpoint (or starts afresh when there is none)."""
+    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0:
+        return "latest"
+    return resume
 
 
 def check_stages(cfg: dict, model: nn.Module) -> list[dict[str, Any]]:
