@@ -17,7 +17,7 @@ from utils.cli import report_user_error
 from utils.config import ConfigError
 from utils.evaluation import progress_bar
 
-SCRIPTS = ["run.py", "Pretrain.py", "Retrieval.py", "VQA.py", "NLVR.py", "Grounding.py", "Captioning.py",
+SCRIPTS = ["run.py", "Pretrain.py", "Retrieval.py", "VQA.py", "NLVR.py", "Grounding.py", "Captioning.py", "VideoQA.py",
            "scripts/demo.py", "scripts/winoground.py", "scripts/convert_datasets.py", "scripts/json_to_wds.py",
            "scripts/plot_log.py", "scripts/config_reference.py", "scripts/draw_architecture.py",
            "benchmarks/data_throughput.py", "benchmarks/pretrain_throughput.py", "benchmarks/retrieval_rerank.py",
