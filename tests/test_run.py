@@ -1,4 +1,5 @@
 """The launcher builds the right command for one process, N GPUs and several nodes."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+
+
+@contextlib.contextmanager
+def pretraining_under_run_py(tmp_path: Path, launcher: list[str], *overrides: str):
+    """``run.py --task pretrain <launcher> …`` on a small generated set (tests.test_stop's demo run) →
+    ``(process, output_dir)``; the process is killed on the way out if it still runs."""
+    from dataset.synthetic import generate
+    from tests.test_stop import env, pretrain_args
+    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", *launcher,
+                             *pretrain_args(data, out, *overrides)], cwd=ROOT, env=env(), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def assert_all_gone(pids: list[int], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(p) for p in pids), pids
 
 
 def dry(*args: str) -> str:
@@ -79,40 +106,24 @@ def test_sigterm_to_run_py_kills_a_task_that_will_not_stop(tmp_path) -> None:
             proc.kill()
             proc.wait(timeout=10)
     assert rc == 128 + signal.SIGTERM  # run.py was stopped by SIGTERM (its task had to be killed)
-    deadline = time.monotonic() + 10
-    while not all(_gone(p) for p in below) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(p) for p in below), below
+    assert_all_gone(below)
 
 
 def test_sigterm_to_run_py_stops_the_training_and_leaves_nothing(tmp_path) -> None:
     """run.py --dist cpu: SIGTERM reaches the trainer, which checkpoints and exits 143; run.py exits 143 and
     no process of the task remains."""
-    from dataset.synthetic import generate
-    from tests.test_stop import env, finish, pretrain_args, wait_for_step
-    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", "cpu",
-                             "--stop_timeout", "60", *pretrain_args(data, out)], cwd=ROOT, env=env(), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    from tests.test_stop import finish, wait_for_step
+    with pretraining_under_run_py(tmp_path, ["--dist", "cpu", "--stop_timeout", "60"]) as (proc, out):
         wait_for_step(proc, out, 2)
         import run
         below = run.descendants(proc.pid)
         assert below
         proc.send_signal(signal.SIGTERM)
         rc, err = finish(proc, timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     assert rc == 143, err[-3000:]
     assert "stopped by SIGTERM after step" in err and "Traceback" not in err, err[-3000:]
     assert list((out / "checkpoints").glob("step_*.pt"))
-    deadline = time.monotonic() + 10
-    while not all(_gone(p) for p in below) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(p) for p in below), below
+    assert_all_gone(below)
 
 
 @pytest.mark.parametrize("how", ["sigterm_run_py", pytest.param("kill_torchrun", marks=pytest.mark.skip(
@@ -121,14 +132,8 @@ def test_sigterm_to_run_py_stops_the_training_and_leaves_nothing(tmp_path) -> No
 def test_two_workers_stop_with_a_checkpoint_and_leave_nothing(tmp_path, how: str) -> None:
     """run.py --dist 2 (torchrun, gloo): SIGTERM to run.py, or kill -9 of the torchrun agent (its workers get
     SIGTERM from the kernel): both workers stop at the same step with one checkpoint; no process remains."""
-    from dataset.synthetic import generate
-    from tests.test_stop import env, finish, log_records, pretrain_args, wait_for_step
-    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", "2",
-                             "--stop_timeout", "60", *pretrain_args(data, out, "train.steps=40")], cwd=ROOT, env=env(),
-                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    from tests.test_stop import finish, log_records, wait_for_step
+    with pretraining_under_run_py(tmp_path, ["--dist", "2", "--stop_timeout", "60"], "train.steps=40") as (proc, out):
         wait_for_step(proc, out, 2)
         import run
         below = run.descendants(proc.pid)
@@ -139,33 +144,21 @@ def test_two_workers_stop_with_a_checkpoint_and_leave_nothing(tmp_path, how: str
         else:
             os.kill(agent[0], signal.SIGKILL)
         rc, err = finish(proc, timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     assert rc == (143 if how == "sigterm_run_py" else 137), err[-3000:]
     lines = [x for x in err.splitlines() if "stopped by SIGTERM" in x]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]  # rank 0 reports, torchrun stays quiet
     stopped = [r for r in log_records(out) if r.get("event") == "stopped"]
     assert len(stopped) == 1 and (out / "checkpoints" / f"step_{stopped[0]['step']:08d}.pt").is_file()
-    deadline = time.monotonic() + 10
-    while not all(_gone(p) for p in below) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(p) for p in below), below
+    assert_all_gone(below)
 
 
 @pytest.mark.parametrize("dist", ["cpu", "2"])
 def test_max_restarts_resumes_from_the_latest_checkpoint(tmp_path, dist: str) -> None:
     """run.py --max-restarts 1: a trainer (one process, or a torchrun worker) killed with -9 comes back by itself
     and continues from the latest step checkpoint to the end."""
-    from dataset.synthetic import generate
-    from tests.test_stop import env, finish, log_records, pretrain_args, wait_for_step
-    data = generate(tmp_path / "syn", seed=0, n_images=40, n_videos=0)
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--task", "pretrain", "--dist", dist,
-                             "--max-restarts", "1", *pretrain_args(data, out, "train.ckpt_every=2")], cwd=ROOT,
-                            env=env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    from tests.test_stop import finish, log_records, wait_for_step
+    launcher = ["--dist", dist, "--max-restarts", "1"]
+    with pretraining_under_run_py(tmp_path, launcher, "train.ckpt_every=2") as (proc, out):
         wait_for_step(proc, out, 3)
         import run
         parents = run._parents()
@@ -173,10 +166,6 @@ def test_max_restarts_resumes_from_the_latest_checkpoint(tmp_path, dist: str) ->
         victim = child[0] if dist == "cpu" else [p for p, parent in parents.items() if parent == child[0]][0]
         os.kill(victim, signal.SIGKILL)
         rc, err = finish(proc, timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     assert rc == 0, err[-3000:]
     records = log_records(out)
     resumed = [r for r in records if r.get("event") == "resumed"]
