@@ -96,11 +96,27 @@ class CheckpointError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------- reading
-def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str, torch.Tensor]:
+_TRUSTED = False  # this process's default for checkpoint reads (--trusted-checkpoint)
+
+
+def trust_checkpoints(trusted: bool = True) -> None:
+    """Make ``trusted`` the default of every checkpoint read in this process (``--trusted-checkpoint``): full
+    unpickling, which can run code a file carries; only for files you trust. Reads passed ``trusted=`` keep it."""
+    global _TRUSTED
+    _TRUSTED = bool(trusted)
+
+
+def is_trusted(trusted: bool | None = None) -> bool:
+    """``trusted`` if given, else this process's default (:func:`trust_checkpoints`; False unless set)."""
+    return _TRUSTED if trusted is None else bool(trusted)
+
+
+def read_state_dict(path: str | os.PathLike, trusted: bool | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file or folder; unwraps ``{'model': ...}`` / ``{'module': ...}``.
 
-    ``torch.load`` runs with ``weights_only=True`` unless ``trusted`` (only for files you trust:
-    a pickle can run code)."""
+    ``torch.load`` runs with ``weights_only=True`` unless ``trusted`` (default: :func:`is_trusted`; only for
+    files you trust: a pickle can run code)."""
+    trusted = is_trusted(trusted)
     path = Path(path)
     if path.is_dir():
         for name in (WEIGHTS_NAME, "pytorch_model.bin"):
@@ -275,7 +291,7 @@ class TextSwapReport(LoadReport):
 
 
 def load_text_swap(model: nn.Module, path: str | os.PathLike, mode: str, from_text_model: list[str],
-                   trusted: bool = False) -> TextSwapReport:
+                   trusted: bool | None = None) -> TextSwapReport:
     """Load the parts of an English X²-VLM checkpoint (official ``.th`` or ours) that a swap in ``mode`` keeps
     (:func:`swap_keeps`) into ``model``, whose text side already holds the new text model's weights
     (``from_text_model``: those keys). Every model key ends up in exactly one of ``loaded``, ``from_text_model``
@@ -311,7 +327,7 @@ def copy_word_embeddings(model: nn.Module, folder: str | os.PathLike) -> list[st
 
 # ------------------------------------------------------------------------------------ entry points
 def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = False,
-                          trusted: bool = False) -> LoadReport:
+                          trusted: bool | None = None) -> LoadReport:
     """Load an official X²-VLM checkpoint (any layout of :mod:`models.official_layout`), one of ours, or a bare
     state dict into an X2VLM (or a task model). The model's ``adapt_checkpoint_state`` (if any) sees the state in
     our layout first (the VQA model derives its answer decoder from a pretraining checkpoint there)."""
@@ -369,7 +385,7 @@ def beit2_to_timm(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch
     return out
 
 
-def load_vision_weights(encoder: nn.Module, path: str | os.PathLike, trusted: bool = False) -> LoadReport:
+def load_vision_weights(encoder: nn.Module, path: str | os.PathLike, trusted: bool | None = None) -> LoadReport:
     """Initialise the vision encoder from a BEiT-2 release ``.pth`` or a timm BEiT state dict."""
     state = read_state_dict(path, trusted=trusted)
     if any(k.startswith("vision_encoder.") for k in state):

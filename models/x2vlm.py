@@ -99,15 +99,13 @@ class X2VLM(nn.Module):
         ``model.vision.checkpoint``, then — with ``model.text.swap.mode`` other than none — the kept parts of
         the English checkpoint ``model.text.swap.checkpoint`` (:meth:`swap_text_encoder`, report in
         ``swap_report``), then a full checkpoint from ``model.checkpoint``. Files are read with
-        ``weights_only=True`` unless ``trusted`` (default: ``--trusted-checkpoint``; ``utils.train_state.is_trusted``).
+        ``weights_only=True`` unless ``trusted`` (default: ``--trusted-checkpoint``; ``models.checkpoint.is_trusted``).
         """
         model_cfg = _model_section(cfg)
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
         pretrained: set[str] = set()
         if load_weights:
             from models.checkpoint import check_fits, load_vision_weights
-            from utils.train_state import is_trusted
-            trusted = is_trusted(trusted)
             if model_cfg["vision"].get("checkpoint"):
                 model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"],
                                                         trusted=trusted)
@@ -168,8 +166,7 @@ class X2VLM(nn.Module):
             from_text = [k for k in self.state_dict() if k.startswith("text_encoder.")]
             if mode == "cross_attention_only":  # fusion self-attention / FFN from the new model's top layers
                 from_text += self.init_fusion_from_text()
-        from utils.train_state import is_trusted
-        return load_text_swap(self, swap["checkpoint"], mode, from_text, trusted=is_trusted(trusted))
+        return load_text_swap(self, swap["checkpoint"], mode, from_text, trusted=trusted)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enable)
@@ -183,8 +180,7 @@ class X2VLM(nn.Module):
         """Load an official X²-VLM ``.th``, our own checkpoint, or a bare state dict; return the key report.
         ``trusted``: unpickle any object (default: ``--trusted-checkpoint``); otherwise ``weights_only=True``."""
         from models.checkpoint import load_model_checkpoint
-        from utils.train_state import is_trusted
-        return load_model_checkpoint(self, path, strict=strict, trusted=is_trusted(trusted))
+        return load_model_checkpoint(self, path, strict=strict, trusted=trusted)
 
     def tie_weights(self) -> None:
         """(Re-)tie the MLM decoder to the word embeddings (after ``to_empty`` of a model built on ``meta``)."""

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     args = p.parse_args(argv)
     if args.trusted_checkpoint:
-        from utils.train_state import trust_checkpoints
+        from models.checkpoint import trust_checkpoints
         trust_checkpoints()
     vlm = load_model(args.checkpoint, config=args.config, overrides=args.override, device=args.device,
                      allow_partial=args.allow_partial_load)

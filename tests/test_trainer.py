@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from models import checkpoint
 from models.checkpoint import CheckpointError
 from models.x2vlm import X2VLM
 from tests.conftest import ROOT, random_batch
@@ -166,7 +167,7 @@ class Planted:
 
 def test_step_checkpoint_with_a_planted_object_is_refused(tiny_cfg: dict, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_state, "_TRUSTED", False)  # restored after the test
+    monkeypatch.setattr(checkpoint, "_TRUSTED", False)  # restored after the test
     cfg = train_cfg(tiny_cfg, tmp_path, 3)
     make_trainer(cfg).fit(batches(cfg))
     path = checkpoint_paths(tmp_path)[-1]
@@ -185,7 +186,7 @@ def test_step_checkpoint_with_a_planted_object_is_refused(tiny_cfg: dict, tmp_pa
         make_trainer(cfg).resume("latest")
     trainer = make_trainer(cfg)
     assert trainer.resume("latest", trusted=True) and trainer.step == 3
-    train_state.trust_checkpoints()
+    checkpoint.trust_checkpoints()
     assert make_trainer(cfg).resume("latest")
     with pytest.raises(CheckpointError, match="argparse.Namespace"):
         make_trainer(cfg).resume("latest", trusted=False)  # an explicit choice wins over the default
@@ -195,7 +196,6 @@ def test_failed_save_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
     """A write that fails (here: a full disk) removes its temporary file and keeps the previous checkpoint."""
     import errno
 
-    from utils import train_state
     first = train_state.save_train_state(tmp_path, 1, {"model": {"w": torch.zeros(2)}})
 
     def full_disk(*args, **kwargs):

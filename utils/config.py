@@ -182,6 +182,6 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "allow_partial_load", False):
         overrides.append("model.allow_partial_load=true")
     if getattr(args, "trusted_checkpoint", False):
-        from utils.train_state import trust_checkpoints
+        from models.checkpoint import trust_checkpoints
         trust_checkpoints()  # the default of every checkpoint read in this process
     return load_config(args.config, overrides)

@@ -20,19 +20,6 @@ import torch
 CKPT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^step_(\d+)\.pt$")
 TRUST_HINT = "if you trust this file: --trusted-checkpoint (trusted=True in Python)"
-_TRUSTED = False  # this process's default for checkpoint reads (--trusted-checkpoint)
-
-
-def trust_checkpoints(trusted: bool = True) -> None:
-    """Make ``trusted`` the default of every checkpoint read in this process (``--trusted-checkpoint``): full
-    unpickling, which can run code a file carries; only for files you trust. Reads passed ``trusted=`` keep it."""
-    global _TRUSTED
-    _TRUSTED = bool(trusted)
-
-
-def is_trusted(trusted: bool | None = None) -> bool:
-    """``trusted`` if given, else this process's default (:func:`trust_checkpoints`; False unless set)."""
-    return _TRUSTED if trusted is None else bool(trusted)
 
 
 def _unsafe_globals(path: str | os.PathLike, allowed: list[type]) -> list[str]:
@@ -47,10 +34,11 @@ def _unsafe_globals(path: str | os.PathLike, allowed: list[type]) -> list[str]:
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool | None = None,
                          allowed: tuple[type, ...] | list[type] = ()) -> Any:
     """``torch.load`` of a checkpoint file without running code: ``weights_only=True`` with exactly the classes
-    ``allowed`` added (scoped to this call), unless ``trusted`` (default: :func:`is_trusted`). A file naming any
+    ``allowed`` added (scoped to this call), unless ``trusted`` (default:
+    :func:`models.checkpoint.is_trusted`). A file naming any
     other class or function raises a one-line :class:`~models.checkpoint.CheckpointError` that names the file,
     the refused globals and the override; an unreadable file one that names the file."""
-    from models.checkpoint import CheckpointError
+    from models.checkpoint import CheckpointError, is_trusted
     if is_trusted(trusted):
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
