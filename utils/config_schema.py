@@ -113,20 +113,13 @@ RULES: dict[str, Rule] = {
 }
 
 
+#: a default's Python type → the kind of value its key takes (bool first: a bool is also an int)
+_KINDS = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list"), (dict, "mapping"))
+
+
 def _kind_of(default: Any) -> str:
-    if isinstance(default, bool):
-        return "bool"
-    if isinstance(default, int):
-        return "int"
-    if isinstance(default, float):
-        return "float"
-    if isinstance(default, str):
-        return "str"
-    if isinstance(default, list):
-        return "list"
-    if isinstance(default, dict):
-        return "mapping"
-    return "any"  # a null default without a rule (tests/test_config.py requires a rule for each)
+    # "any": a null default without a rule (tests/test_config.py requires a rule for each)
+    return next((kind for cls, kind in _KINDS if isinstance(default, cls)), "any")
 
 
 def show(value: Any) -> str:
