@@ -23,7 +23,7 @@ from utils.dist import cleanup, init_distributed
 from utils.evaluation import format_results, zero_shot_eval
 from utils.task import report_weights
 from utils.train_state import write_json_atomic
-from utils.trainer import Trainer, restart_resume
+from utils.trainer import Trainer
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +59,7 @@ def main() -> None:
     trainer = Trainer(cfg, model, dist_info, fresh_params=model.fresh_parameters)
     loader = create_pretrain_loader(cfg, dist_info.rank, dist_info.world_size, tokenizer=tokenizer)
     trainer.track_data(loader)  # the data position goes into every checkpoint and comes back on resume
-    trainer.resume(restart_resume(args.resume))
+    trainer.resume(args.resume)
     last = trainer.fit(lambda start: iter(loader),
                        extra_log=lambda: {"skipped_samples": sum(loader.skipped.values())})
     if dist_info.is_main:

@@ -23,7 +23,7 @@ from models.checkpoint import save_checkpoint_weights
 from utils.config import add_config_args, config_from_args, save_config
 from utils.dist import DistInfo, init_distributed
 from utils.train_state import write_json_atomic
-from utils.trainer import Trainer, restart_resume
+from utils.trainer import Trainer
 
 
 def task_parser(description: str, default_config: str) -> argparse.ArgumentParser:
@@ -116,7 +116,7 @@ def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader,
     trainer = Trainer(ctx.cfg, model, ctx.dist, fresh_params=getattr(model, "fresh_parameters", None))
     stream = EpochStream(train_loader, "train")
     trainer.track_data(stream)
-    trainer.resume(restart_resume(ctx.args.resume))
+    trainer.resume(ctx.args.resume)
     if evaluate is None or not train_cfg.get("eval_every_epoch"):
         trainer.fit(lambda start: stream)
         return trainer

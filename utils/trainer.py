@@ -130,11 +130,12 @@ class Trainer:
         return state
 
     def resume(self, resume: str | None, trusted: bool | None = None) -> bool:
-        """Restore everything from a step checkpoint (``latest`` or a path); False if there is none. Files are
+        """Restore everything from a step checkpoint (``latest`` or a path; a restarted failed run resumes
+        ``latest`` by itself: :func:`restart_resume`); False if there is none. Files are
         read with ``weights_only=True`` unless ``trusted`` (default: ``--trusted-checkpoint``). Step checkpoints
         of ``output_dir`` newer than the one resumed (an abandoned run's) are moved aside (rank 0:
         :func:`~utils.train_state.set_aside_newer`), so that a later ``--resume latest`` follows this run."""
-        path = resolve_resume(resume, self.output_dir)
+        path = resolve_resume(restart_resume(resume), self.output_dir)
         if path is None:
             return False
         state = load_train_state(path, map_location=self.dist.device, trusted=trusted)
@@ -288,8 +289,7 @@ class Trainer:
                             images, t0 = 0, time.perf_counter()
                         if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
                             saved = (self.step, self.save())
-                        signum = all_reduce_max(stop.signum, self.dist.device) if self.dist.distributed \
-                            else stop.signum
+                        signum = all_reduce_max(stop.signum, self.dist.device)  # the ranks agree
                         if signum:
                             if saved[0] != self.step:
                                 saved = (self.step, self.save())
