@@ -22,10 +22,7 @@ class TokenizeCollate:
                  fields: Mapping[str, str]):
         self.collate, self.tokenizer, self.max_tokens, self.fields = collate, tokenizer, max_tokens, dict(fields)
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tokenize_counted(texts)[:2]
-
-    def tokenize_counted(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(ids, atts, n_truncated)``: ids and mask cut at ``max_tokens``, and how many texts were cut."""
         texts = list(texts)
         enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_tokens,
@@ -44,7 +41,7 @@ class TokenizeCollate:
             if key not in batch:
                 raise KeyError(f"TokenizeCollate: batch has no text field '{key}' (has {sorted(batch)})")
             texts = batch.pop(key)
-            batch[f"{prefix}_ids"], batch[f"{prefix}_atts"], cut = self.tokenize_counted(texts)
+            batch[f"{prefix}_ids"], batch[f"{prefix}_atts"], cut = self.tokenize(texts)
             n_cut, n_texts = n_cut + cut, n_texts + len(texts)
         batch["_truncated"] = batch.get("_truncated", 0) + n_cut
         batch["_texts"] = batch.get("_texts", 0) + n_texts
