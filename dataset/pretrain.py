@@ -307,16 +307,17 @@ class MixedLoader:
         (each source's epoch-end line has its own count; skipped samples: :attr:`skipped`)."""
         return {"truncated_texts": sum(s.counters()["truncated_texts"] for s in self.streams.values())}
 
-    def state_dict(self) -> dict[str, dict[str, int]]:
+    def state_dict(self) -> dict[str, dict[str, int | None]]:
         return {"epochs": self.epochs, "consumed": {name: s.consumed for name, s in self.streams.items()},
-                "skipped": dict(self.skipped)}
+                "records": {name: s.records for name, s in self.streams.items()}, "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
         if set(state["epochs"]) != set(self.loaders):
             raise ValueError(f"data position is for sources {sorted(state['epochs'])}, this run has "
                              f"{sorted(self.loaders)} (data.train_file* changed?)")
         for name, stream in self.streams.items():
-            stream.load_state_dict({"epoch": state["epochs"][name], "consumed": state["consumed"][name]})
+            stream.load_state_dict({"epoch": state["epochs"][name], "consumed": state["consumed"][name],
+                                    "records": state.get("records", {}).get(name)})
         self.skipped.update(state["skipped"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

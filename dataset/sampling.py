@@ -135,10 +135,27 @@ class EpochStream:
             parts.append(f"{c['skipped']} broken samples skipped")
         log.warning("data source %s, epoch %d: %s", self.name, self.epoch, "; ".join(parts))
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
+    @property
+    def records(self) -> int | None:
+        """Samples in the loader's dataset (None for a stream without a length)."""
+        dataset = getattr(self.loader, "dataset", None)
+        if dataset is None or isinstance(dataset, IterableDataset):
+            return None
+        try:
+            return len(dataset)
+        except TypeError:
+            return None
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def state_dict(self) -> dict[str, int | None]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "records": self.records}
+
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Continue from ``state``; a :class:`ValueError` when it was taken on a source of another size (other
+        data: the position would mean other samples)."""
+        saved, now = state.get("records"), self.records
+        if saved is not None and now is not None and saved != now:
+            raise ValueError(f"data source '{self.name}' had {saved} samples when the checkpoint was written, "
+                             f"it has {now} now")
         self._iter = None
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         sampler = getattr(self.loader, "sampler", None)

@@ -26,6 +26,7 @@ from torch import nn
 
 from models.official_layout import architecture_of, backbone_part, complete_ties, is_derived, to_our_layout
 from models.position_tables import resize_rel_pos_bias_table
+from utils.atomic import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -396,14 +397,4 @@ def load_vision_weights(encoder: nn.Module, path: str | os.PathLike, trusted: bo
 
 def save_checkpoint_weights(model: nn.Module, output_dir: str | os.PathLike) -> Path:
     """Write the model's weights as ``model.safetensors`` (tied weights stored once), atomically."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / WEIGHTS_NAME
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    try:
-        save_model(model, str(tmp))
-        os.replace(tmp, target)
-    except BaseException:  # no partial file stays (a full disk, a stop mid-write)
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(Path(output_dir) / WEIGHTS_NAME, lambda tmp: save_model(model, str(tmp)))

@@ -5,11 +5,13 @@ Every script ends with ``cli_main(main)`` instead of ``main()``; ``main`` itself
 """
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from utils.atomic import OutputError
 from utils.config import ConfigError
 
 #: exit status of a user error (argparse uses 2 for bad arguments too)
@@ -28,7 +30,16 @@ class ExitWithMessage(Exception):
 
 def _hint(error: BaseException) -> str:
     """What to do about ``error``, appended to its message."""
+    from dataset.robust import TooManyBadSamples
     text = str(error)
+    if isinstance(error, OutputError):
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ("free disk space or point --output_dir elsewhere; a training run continues from its last step "
+                    "checkpoint with --resume latest")
+        return "choose an --output_dir this user can write to (or fix that folder's permissions)"
+    if isinstance(error, TooManyBadSamples):
+        return ("fix or remove the broken records (each is named in the log above), or raise "
+                "data.max_bad_fraction / data.bad_window")
     if isinstance(error, ConfigError):
         if "unknown config key" in text:
             return "fix the key (every key, its default and meaning: docs/configuration.md)"
@@ -55,14 +66,27 @@ def _hint(error: BaseException) -> str:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user's input is wrong (reported in one line)."""
     from dataset.io import BadSample
+    from dataset.robust import TooManyBadSamples
     from models.checkpoint import CheckpointError
-    return ConfigError, CheckpointError, FileNotFoundError, BadSample
+    return ConfigError, CheckpointError, FileNotFoundError, BadSample, OutputError, TooManyBadSamples
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error raised in a DataLoader worker comes back with the worker's
+    traceback in its message ("Caught X in DataLoader worker process N. Original Traceback ..."): its last line
+    (the original message) is kept, with the worker named."""
+    text = str(error)
+    if "Original Traceback" in text:
+        worker = text.split(".", 1)[0].removeprefix(f"Caught {type(error).__name__} ").strip()
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(error).__module__}.{type(error).__qualname__}:"
+        text = f"{last.removeprefix(prefix).strip()} ({worker})"
+    return " ".join(text.split()) or type(error).__name__
 
 
 def report_user_error(prog: str, error: BaseException) -> str:
     """The one line printed for ``error``: ``prog: error: <message>; <what to do>``."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    return f"{prog}: error: {message}; {_hint(error)}"
+    return f"{prog}: error: {error_message(error)}; {_hint(error)}"
 
 
 def cli_main(main: Callable[..., Any], prog: str | None = None) -> None:

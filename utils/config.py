@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from utils.atomic import atomic_write
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_PATH = REPO_ROOT / "configs" / "defaults.yaml"
 RESOLVED_NAME = "config.yaml"
@@ -149,14 +151,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 def save_config(cfg: dict, output_dir: str | os.PathLike) -> Path:
     """Write the resolved config as ``config.yaml`` in ``output_dir`` (atomically) and return its path."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / RESOLVED_NAME
-    tmp = target.with_suffix(".yaml.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(tmp, target)
-    return target
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    return atomic_write(Path(output_dir) / RESOLVED_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:

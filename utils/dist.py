@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from utils.cli import ExitWithMessage
+from utils.config import ConfigError
 
 #: exit status of a rank whose collective timed out (as coreutils ``timeout``)
 COLLECTIVE_TIMEOUT_EXIT = 124
@@ -48,6 +49,8 @@ def init_distributed(device: str = "auto", timeout: float | None = None) -> Dist
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
+        require_gpu(local)
+    if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     else:
@@ -66,6 +69,21 @@ def init_distributed(device: str = "auto", timeout: float | None = None) -> Dist
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kwargs)
         _timeout_s = float(timeout) if timeout else None
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def require_gpu(local_rank: int = 0) -> None:
+    """Raise a one-line :class:`~utils.config.ConfigError` when CUDA was asked for (``train.device: cuda`` /
+    ``--device cuda``) but this process sees no GPU for ``local_rank``."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_rank < count:
+        return
+    if count == 0:
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        seen = f"torch {torch.__version__} ({build}) sees no CUDA GPU"
+    else:
+        seen = f"local rank {local_rank} needs GPU {local_rank} but only {count} are visible"
+    raise ConfigError(f"train.device is cuda but {seen}; use --device cpu (or train.device=auto), or run.py "
+                      f"--dist with at most as many processes per node as GPUs")
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write
+
 CKPT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^step_(\d+)\.pt$")
 TRUST_HINT = "if you trust this file: --trusted-checkpoint (trusted=True in Python)"
@@ -84,6 +86,61 @@ def _to_tuple(x: Any) -> Any:
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+#: the config a resumed run must share with the run that wrote its checkpoint: with another value it would go on
+#: silently differently (other batches, another optimiser or schedule, another model)
+RESUME_INVARIANT = ("seed", "model", "loss", "data", "optimizer", "scheduler", "train.engine", "train.precision",
+                    "train.grad_accum", "train.clip_grad", "train.stages")
+#: keys under those a resumed run may change: where files are (paths move between machines; the data sources'
+#: sizes are checked with the data position instead), loader speed, skip tolerances and evaluation-only data
+_RESUME_FREE_NAMES = ("root", "roots", "checkpoint", "name_or_path", "tokenizer", "answer_list", "ans2label",
+                      "allow_partial_load", "num_workers", "max_bad_fraction", "bad_window", "batch_size_test")
+
+
+def _resume_free(key: str) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return name in _RESUME_FREE_NAMES or "file" in name
+
+
+def run_setup(cfg: dict, world_size: int) -> dict[str, Any]:
+    """What a step checkpoint records of its run so that a resume can check it continues the same run: the
+    :data:`RESUME_INVARIANT` values of ``cfg`` (flattened to dotted keys) and the number of processes."""
+    flat: dict[str, Any] = {"world_size": world_size}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif not _resume_free(key):
+            flat[key] = value
+
+    for section in RESUME_INVARIANT:
+        value: Any = cfg
+        for part in section.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        walk(value, section)
+    return flat
+
+
+def setup_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for every value of :func:`run_setup` that differs."""
+    def show(setup: dict[str, Any], key: str) -> str:
+        return repr(setup[key]) if key in setup else "(not set)"
+
+    keys = sorted(set(saved) | set(current))
+    return [f"{key}: {show(saved, key)} -> {show(current, key)}" for key in keys
+            if key not in saved or key not in current or saved[key] != current[key]]
+
+
+def state_changes(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> list[str]:
+    """How the model weights of a step checkpoint differ from the model's own: missing and extra keys, and
+    tensors of another shape (``[]`` when the checkpoint fits)."""
+    changes = [f"{k}: missing from the checkpoint" for k in sorted(set(current) - set(saved))]
+    changes += [f"{k}: not in this model" for k in sorted(set(saved) - set(current))]
+    changes += [f"{k}: shape {tuple(saved[k].shape)} -> {tuple(current[k].shape)}"
+                for k in sorted(set(saved) & set(current)) if saved[k].shape != current[k].shape]
+    return changes
+
+
 def checkpoint_paths(output_dir: str | os.PathLike) -> list[Path]:
     """Step checkpoints in ``output_dir/checkpoints``, oldest first."""
     folder = Path(output_dir) / CKPT_DIR
@@ -112,19 +169,13 @@ def checkpoint_name(step: int) -> str:
 
 def save_train_state(output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep_last: int = 3) -> Path:
     """Write ``state`` as ``checkpoints/step_{step}.pt`` atomically and prune to the newest ``keep_last``."""
-    folder = Path(output_dir) / CKPT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / checkpoint_name(step)
-    tmp = folder / f".{target.name}.tmp"
-    try:
+    target = Path(output_dir) / CKPT_DIR / checkpoint_name(step)
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save({**state, "step": step, "rng": rng_state()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:  # a full disk, a stop mid-write: no partial file stays; the previous checkpoint is intact
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, write)  # a full disk, a stop mid-write: no partial file; the previous one is intact
     if keep_last > 0:
         for old in checkpoint_paths(output_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -135,18 +186,10 @@ def save_train_state(output_dir: str | os.PathLike, step: int, state: dict[str, 
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON via a temporary file and a rename."""
+    """Write ``data`` as JSON via a temporary file and a rename (:func:`utils.atomic.atomic_write`)."""
     import json
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(data, indent=1) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -19,11 +19,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from utils import deepspeed_engine
+from utils.atomic import output_error
 from utils.cli import ExitWithMessage
 from utils.config import ConfigError
 from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
 from utils.optim import build_optimizer, build_scheduler
-from utils.train_state import load_train_state, resolve_resume, save_train_state, set_aside_newer
+from utils.train_state import (
+    load_train_state,
+    resolve_resume,
+    run_setup,
+    save_train_state,
+    set_aside_newer,
+    setup_changes,
+    state_changes,
+)
 
 BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
 """Given the index of the first micro-batch to produce, returns an iterator of batches from there on."""
@@ -122,7 +131,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
-                 "micro_batches": self.step * self.train_cfg["grad_accum"], "engine": self.train_cfg["engine"]}
+                 "micro_batches": self.step * self.train_cfg["grad_accum"], "engine": self.train_cfg["engine"],
+                 "setup": run_setup(self.cfg, self.dist.world_size)}
         if not self.deepspeed:
             state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
         if self._data is not None:
@@ -139,14 +149,17 @@ class Trainer:
         if path is None:
             return False
         state = load_train_state(path, map_location=self.dist.device, trusted=trusted)
-        engine = state.get("engine", "ddp")
-        if engine != self.train_cfg["engine"]:
-            raise ConfigError(f"{path} was written with train.engine '{engine}'; resume it with that engine")
+        self._check_same_run(path, state)
         if self.deepspeed:
             deepspeed_engine.load_shards(self.engine, path, trusted=trusted)
         else:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as e:  # other parameter groups: other fresh parameters (model.checkpoint)
+                raise ConfigError(f"--resume {path}: its optimizer state does not fit this run's parameter groups "
+                                  f"({e}); was model.checkpoint (--checkpoint) the same as when it was written?"
+                                  ) from e
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
@@ -155,13 +168,33 @@ class Trainer:
         if self._data is not None:
             if "data" not in state:
                 raise ValueError(f"{path} has no data position; it cannot resume a tracked data stream exactly")
-            self._data.load_state_dict(state["data"])
+            try:
+                self._data.load_state_dict(state["data"])
+            except ValueError as e:  # other sources or source sizes (dataset.sampling.EpochStream)
+                raise ConfigError(f"--resume {path}: {e}; resume with the data it was written with, or start "
+                                  "a new run in another output_dir") from e
         self._log({"event": "resumed", "checkpoint": str(path), "step": self.step})
         if self.dist.is_main:
             moved = set_aside_newer(self.output_dir, path, self.step)
             if moved is not None:
                 self._log({"event": "abandoned_checkpoints_moved", "to": str(moved), "step": self.step})
         return True
+
+    def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse (one line) a step checkpoint of another run set-up: another engine, config values of
+        :data:`~utils.train_state.RESUME_INVARIANT`, number of processes, or model parameters."""
+        engine = state.get("engine", "ddp")
+        if engine != self.train_cfg["engine"]:
+            raise ConfigError(f"{path} was written with train.engine '{engine}'; resume it with that engine")
+        changes = setup_changes(state["setup"], run_setup(self.cfg, self.dist.world_size)) \
+            if "setup" in state else []
+        if not changes and "model" in state and not self.deepspeed:
+            changes = state_changes(state["model"], self.model.state_dict())
+        if changes:
+            shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+            raise ConfigError(f"--resume {path}: it was written by another run set-up ({shown}); resume with the "
+                              "values and number of processes it was written with, or start a new run in another "
+                              "output_dir")
 
     def save(self) -> Path | None:
         """Write a step checkpoint (rank 0; every rank takes part under DeepSpeed). Returns its path on rank 0."""
@@ -182,9 +215,12 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: say which file, in one line (utils.cli)
+            raise output_error(e, self.log_path) from e
         if "loss" in record:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
