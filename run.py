@@ -10,6 +10,8 @@ Everything after the launcher's own options (``--config``, ``--override``, ``--o
 SIGTERM / SIGINT (Ctrl-C) are passed on to the task (torchrun passes them on to its workers): training ends its
 step, writes a step checkpoint and exits with 128 + the signal's number (``--resume latest`` continues). After
 ``--stop_timeout`` seconds whatever is left of the task is killed; no process of the task outlives ``run.py``.
+SIGHUP (e.g. the terminal or the job's shell went away) is passed on the same way; if run.py itself is killed
+(-9), the kernel sends its task SIGHUP, which stops training with a checkpoint as well.
 """
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from utils.parent_death import PARENT_DIED, become_subreaper, die_with_parent
+
 ROOT = Path(__file__).resolve().parent
 USER_ERROR = 2  # utils.cli.USER_ERROR: a wrong config or path, which a restart does not mend
+#: exit statuses of a task that has said why in one line: a user error, a collective timeout
+#: (utils.dist.COLLECTIVE_TIMEOUT_EXIT) and a stop by SIGHUP / SIGINT / SIGTERM (128 + N)
+REPORTED_EXITS = (USER_ERROR, 124, 128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 TASKS = {
     "pretrain": "Pretrain.py",
     "retrieval": "Retrieval.py",
@@ -63,33 +70,32 @@ def launch_command(args: argparse.Namespace, script_args: list[str]) -> list[str
     return [*cmd, str(script), *script_args]
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# torchrun, ending with 128 + N instead of its traceback when signal N stopped it (its workers report the stop)
-_TORCHRUN = """
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, PARENT_DIED)
+# torchrun, ending with 128 + N instead of its traceback when signal N stopped it (its workers report the stop),
+# and with the workers' own status when they ended with a one-line report of theirs (utils.cli: a user error, a
+# stop by a signal, a collective timeout) instead of its ChildFailedError report; real crashes keep that report
+_TORCHRUN = f"""
 import sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
 sys.argv[0] = "torchrun"
 try:
     main()
 except SignalException as e:
     raise SystemExit(128 + int(e.sigval)) from None
+except ChildFailedError as e:
+    codes = {{failure.exitcode for failure in e.failures.values()}}
+    if codes and codes <= {set(REPORTED_EXITS)!r}:
+        raise SystemExit(max(codes)) from None
+    raise
 """
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
-
-
-def _prctl(option: int, value: int) -> bool:
-    """Linux ``prctl(option, value)``; False where it is not available."""
-    try:
-        import ctypes
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _child_setup() -> None:
-    """In the task's process before it starts: SIGTERM when run.py dies, however it dies (Linux)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """In the task's process before it starts: SIGHUP when run.py dies, however it dies (Linux); the task
+    stops as for SIGTERM (utils.parent_death)."""
+    die_with_parent(PARENT_DIED)
 
 
 def _parents() -> dict[int, int]:
@@ -147,7 +153,7 @@ def run_child(cmd: list[str], stop_timeout: float = 120.0, env: dict[str, str] |
     run.py go to the child; ``stop_timeout`` seconds after the first, the child and everything below it are
     killed. Processes the child leaves behind (run.py is their subreaper on Linux) get ``stop_timeout`` seconds
     to end, then SIGKILL. ``received`` collects (time, signal) of the signals run.py got meanwhile."""
-    subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    subreaper = become_subreaper()
     if cmd[1:3] == ["-m", "torch.distributed.run"]:
         cmd = [cmd[0], "-c", _TORCHRUN, *cmd[3:]]
     # its own session: Ctrl-C in a terminal reaches run.py only, which passes it on once
@@ -187,7 +193,7 @@ def run_child(cmd: list[str], stop_timeout: float = 120.0, env: dict[str, str] |
 
         left = leftover() if subreaper else []
         if left:  # orphans of the task, e.g. torchrun's workers after torchrun was killed: they have had their
-            # SIGTERM from the kernel (utils.dist.die_with_parent) and are checkpointing; another would stop them
+            # SIGHUP from the kernel (utils.parent_death) and are checkpointing; a SIGTERM would stop them at once
             deadline = time.monotonic() + stop_timeout
             while (left := leftover()) and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -3,7 +3,6 @@ timeout (``train.dist_timeout``) and the one-line report of a rank that stopped 
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +12,7 @@ import torch.distributed as dist
 
 from utils.cli import ExitWithMessage
 from utils.config import ConfigError
+from utils.parent_death import die_with_parent
 
 #: exit status of a rank whose collective timed out (as coreutils ``timeout``)
 COLLECTIVE_TIMEOUT_EXIT = 124
@@ -40,8 +40,9 @@ def init_distributed(device: str = "auto", timeout: float | None = None) -> Dist
 
     ``device``: ``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``. Backend: NCCL on CUDA, gloo on CPU.
     ``timeout``: seconds a collective waits for the other ranks before it fails (``train.dist_timeout``;
-    None: torch's default). A worker of torchrun also asks the kernel for SIGTERM when torchrun dies (Linux),
-    so a killed launcher leaves no training orphans (the SIGTERM stops training with a checkpoint).
+    None: torch's default). A worker of torchrun also asks the kernel for SIGHUP when torchrun dies (Linux:
+    :func:`utils.parent_death.die_with_parent`), so a killed launcher leaves no training orphans (the signal
+    stops training with a checkpoint).
     """
     global _timeout_s
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -84,20 +85,6 @@ def require_gpu(local_rank: int = 0) -> None:
         seen = f"local rank {local_rank} needs GPU {local_rank} but only {count} are visible"
     raise ConfigError(f"train.device is cuda but {seen}; use --device cpu (or train.device=auto), or run.py "
                       f"--dist with at most as many processes per node as GPUs")
-
-
-def die_with_parent(signum: int = signal.SIGTERM) -> bool:
-    """Ask the kernel to send ``signum`` to this process when its parent exits (Linux ``PR_SET_PDEATHSIG``);
-    False where that is not available."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        ok = libc.prctl(1, int(signum), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return False
-    if ok and os.getppid() == 1:  # the parent died before the request: nobody will send it
-        os.kill(os.getpid(), signum)
-    return ok
 
 
 def barrier() -> None:

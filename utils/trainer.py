@@ -24,6 +24,7 @@ from utils.cli import ExitWithMessage
 from utils.config import ConfigError
 from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
 from utils.optim import build_optimizer, build_scheduler
+from utils.parent_death import PARENT_DIED
 from utils.train_state import (
     load_train_state,
     resolve_resume,
@@ -290,9 +291,9 @@ class Trainer:
         """Train until ``train.steps`` (or until step ``stop_after``, checkpointing there, for a run cut
         into parts); returns the mean losses of the last log window.
 
-        SIGTERM / SIGINT (the same signal twice: stop at once, the usual way) end the current optimiser step,
-        write a step checkpoint and raise :class:`TrainingStopped`; the ranks of a job agree on the step (one
-        tiny all-reduce per step). A collective that waits longer than ``train.dist_timeout`` raises
+        SIGTERM / SIGINT / SIGHUP (:class:`StopSignals`; SIGTERM or SIGINT twice: stop at once) end the current
+        optimiser step, write a step checkpoint and raise :class:`TrainingStopped`; the ranks of a job agree on
+        the step (one tiny all-reduce per step). A collective that waits longer than ``train.dist_timeout`` raises
         :class:`utils.dist.CollectiveTimeout` naming the ranks that stopped answering."""
         accum = self.train_cfg["grad_accum"]
         total = self.train_cfg["steps"] if stop_after is None else min(stop_after, self.train_cfg["steps"])
@@ -332,7 +333,8 @@ class Trainer:
                             name = signal.Signals(signum).name
                             self._log({"event": "stopped", "signal": name, "step": self.step,
                                        "checkpoint": str(saved[1])})
-                            raise TrainingStopped(signum, self.step, saved[1], report=self.dist.is_main)
+                            raise TrainingStopped(signum, self.step, saved[1], report=self.dist.is_main,
+                                                  here=stop.signum == signum)
                     except RuntimeError as e:
                         if self.dist.distributed and is_collective_timeout(e):
                             raise collective_timeout(e, self.step + 1) from e
@@ -375,23 +377,27 @@ class Trainer:
 
 
 class TrainingStopped(ExitWithMessage):
-    """SIGTERM / SIGINT stopped training after step ``step``; ``checkpoint``: the step checkpoint written then
-    (rank 0's path; None on the other ranks). The exit status is 128 + the signal's number (143 for SIGTERM,
-    130 for SIGINT)."""
+    """SIGTERM / SIGINT / SIGHUP stopped training after step ``step`` (``here``: this process got the signal, else
+    another rank of the job did); ``checkpoint``: the step checkpoint written then (rank 0's path; None on the
+    other ranks). The exit status is 128 + the signal's number (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP).
+    """
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, report: bool = True):
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, report: bool = True, here: bool = True):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+        what = signal.Signals(signum).name + (" (its launcher ended)" if signum == PARENT_DIED else "")
+        where = "" if here else " of another rank"
+        super().__init__(f"stopped by {what}{where} after step {step}; checkpoint "
                          f"{checkpoint if checkpoint is not None else 'written by rank 0'}; resume with "
                          f"--resume latest", 128 + signum, report)
 
 
 class StopSignals:
-    """While entered (in the main thread), SIGTERM and SIGINT only set :attr:`signum` (the first one received),
-    for the training loop to stop at the end of its step; the same signal a second time stops the process at
-    once, as it would without this (KeyboardInterrupt for SIGINT). The previous handlers come back on exit."""
+    """While entered (in the main thread), SIGTERM, SIGINT and SIGHUP (the launcher died:
+    :mod:`utils.parent_death`) only set :attr:`signum` (the first one received), for the training loop to stop at
+    the end of its step; SIGTERM or SIGINT a second time stops the process at once, as it would without this
+    (KeyboardInterrupt for SIGINT); SIGHUP again changes nothing. The previous handlers come back on exit."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, PARENT_DIED)
 
     def __init__(self) -> None:
         self.signum = 0
@@ -404,7 +410,7 @@ class StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum == signum:  # asked again: stop now
+        if self.signum == signum and signum != PARENT_DIED:  # asked again: stop now
             previous = self._previous.get(signum)
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
             signal.raise_signal(signum)
