@@ -92,11 +92,21 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over masked positions; ``labels`` -100 where nothing is predicted."""
-    if (labels != -100).sum() == 0:
-        # summed in fp32: a half-precision sum of many logits can overflow to inf, and inf * 0 is NaN
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+    """Cross-entropy over masked positions; ``labels`` -100 where nothing is predicted.
+
+    The mean is over the masked tokens of the global batch: on ``W`` ranks each rank's sum is divided by the
+    job's token count over ``W`` (one small all-reduce), so DDP's gradient average is the single-process mean
+    over the same global batch (a mean of per-rank means would weight a rank's tokens by how few it has), and
+    the mean over ranks of the logged value is the global token mean."""
+    n_tokens = (labels != -100).sum()
+    total = logits.float().flatten(0, -2)
+    total = F.cross_entropy(total, labels.flatten(), ignore_index=-100, reduction="sum")
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        n_tokens = n_tokens.clone()
+        dist.all_reduce(n_tokens)
+    # no masked token anywhere: 0 with a gradient path (sum of no terms), never 0/0
+    return total * world / n_tokens.clamp_min(1)
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
