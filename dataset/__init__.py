@@ -36,6 +36,7 @@ from dataset.tasks import (
 from dataset.text import TextProcessor
 from dataset.transforms import BoxAwareTransform, ImageTransform
 from dataset.webdata import ShardStream
+from dataset.workers import ignore_stop_signals
 
 log = logging.getLogger("x2vlm.data")
 TASKS = ("pretrain_images", "pretrain_regions", "pretrain_videos", "retrieval", "video_retrieval", "vqa",
@@ -157,7 +158,7 @@ def create_loader(dataset: Dataset | IterableDataset, batch_size: int, collate_f
                                               seed=seed, drop_last=training and world_size > 1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_fn, drop_last=training, pin_memory=False,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=ignore_stop_signals if num_workers else None)
 
 
 def create_pretrain_loader(cfg: dict, rank: int | None = None, world_size: int | None = None,

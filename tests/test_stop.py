@@ -129,3 +129,30 @@ def test_frozen_rank_is_named_and_every_rank_exits(tmp_path: Path) -> None:
     steps = [r["step"] for r in log_records(tmp_path) if "loss" in r]
     assert steps == [1, 2]
     assert elapsed < 100, elapsed  # start-up (~10-20 s on a busy 2-core CPU) + 10 s timeout + 10 s wait + teardown
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_the_process_group_with_loader_workers(data: dict, tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C in a terminal (SIGINT) and a scheduler's scancel (SIGTERM) signal every process of the group,
+    DataLoader workers included: the workers ignore it, the trainer stops with a checkpoint and one line."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "Pretrain.py"), "--device", "cpu",
+           *pretrain_args(data, out, "data.num_workers=2")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_for_step(proc, out, 2)
+        os.killpg(proc.pid, sig)
+        rc, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert rc == 128 + sig and "Traceback" not in err, err[-3000:]
+    stopped = [r for r in log_records(out) if r.get("event") == "stopped"]
+    assert len(stopped) == 1
+    ckpt = out / "checkpoints" / f"step_{stopped[0]['step']:08d}.pt"
+    assert ckpt.is_file()
+    assert [x for x in err.splitlines() if "stopped by" in x] == [
+        f"Pretrain.py: stopped by {sig.name} after step {stopped[0]['step']}; checkpoint {ckpt}; "
+        "resume with --resume latest"]
