@@ -15,11 +15,14 @@ import threading
 
 
 def _exit_on_sigterm_from(parent: int) -> None:
-    """Wait for SIGTERM (blocked in every other thread); leave when the parent sent it or the parent is gone."""
+    """Wait for SIGTERM (blocked in every other thread); when the parent sent it (or the parent is gone), die of
+    it as an unprotected worker would (torch's worker-failure check expects a SIGTERM death, not an exit code)."""
     while True:
         info = signal.sigwaitinfo({signal.SIGTERM})
         if info.si_pid == parent or os.getppid() != parent:
-            os._exit(128 + signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread takes the re-sent signal
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
