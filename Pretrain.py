@@ -48,7 +48,7 @@ def main() -> None:
         cfg["output_dir"] = args.output_dir
     dist_info = init_distributed(args.device or cfg["train"]["device"], timeout=cfg["train"]["dist_timeout"])
     seed_everything(cfg["seed"] + dist_info.rank)
-    if dist_info.is_main:
+    if dist_info.is_main and not getattr(args, "resume", None):  # else Trainer.resume writes it, once it fits
         save_config(cfg, cfg["output_dir"])
     tokenizer = load_tokenizer(cfg)
     model = X2VLM.from_config(cfg)

@@ -102,6 +102,7 @@ def test_resume_with_another_model_or_data_is_one_line(data: dict, tmp_path: Pat
     first = pretrain(data, out)
     assert first.returncode == 0, first.stderr[-3000:]
     before = [p.read_bytes() for p in checkpoint_paths(out)]
+    config_text = (out / "config.yaml").read_text()
     line = error_line(pretrain(data, out, "model.fusion.layers=1", extra=("--resume", "latest")))
     assert "written by another run set-up (model.fusion.layers: 2 -> 1)" in line and "number of processes" in line
     line = error_line(pretrain(data, out, "optimizer.lr=0.001", extra=("--resume", "latest")))
@@ -113,6 +114,7 @@ def test_resume_with_another_model_or_data_is_one_line(data: dict, tmp_path: Pat
     assert f"data source 'images' had {len(records)} samples when the checkpoint was written, it has " \
            f"{len(records) // 2} now" in line and "resume with the data it was written with" in line
     assert [p.read_bytes() for p in checkpoint_paths(out)] == before  # nothing was touched
+    assert config_text == (out / "config.yaml").read_text()  # the config beside them is still theirs
 
 
 def test_run_setup_records_what_a_resume_must_share(tiny_cfg: dict) -> None:

@@ -6,6 +6,7 @@ Every script ends with ``cli_main(main)`` instead of ``main()``; ``main`` itself
 from __future__ import annotations
 
 import errno
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,10 +97,16 @@ def cli_main(main: Callable[..., Any], prog: str | None = None) -> None:
     prog = prog or Path(sys.argv[0]).name
     try:
         main()
+        return
     except user_errors() as e:
         print(report_user_error(prog, e), file=sys.stderr)
-        raise SystemExit(USER_ERROR) from None
+        code = USER_ERROR
     except ExitWithMessage as e:
         if e.report:
             print(f"{prog}: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(e.code) from None
+        code = e.code
+    # the error is gone now, and with it its traceback's frames: what they held (DataLoader iterators) is
+    # finalised here, so loader workers are shut down by their loader, not terminated at interpreter exit
+    # (where torch reports their SIGTERM death as a failure, with a traceback)
+    gc.collect()
+    raise SystemExit(code)

@@ -57,7 +57,8 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_task(args: argparse.Namespace) -> TaskContext:
-    """Config (file + overrides + command-line options), process group, seeds, tokenizer; rank 0 saves the config."""
+    """Config (file + overrides + command-line options), process group, seeds, tokenizer; rank 0 saves the config
+    (with ``--resume``: :meth:`utils.trainer.Trainer.resume` does, once the checkpoint fits)."""
     cfg = config_from_args(args)
     if args.output_dir:
         cfg["output_dir"] = args.output_dir
@@ -65,7 +66,7 @@ def setup_task(args: argparse.Namespace) -> TaskContext:
         cfg["model"]["checkpoint"] = args.checkpoint
     dist_info = init_distributed(args.device or cfg["train"]["device"], timeout=cfg["train"]["dist_timeout"])
     seed_everything(cfg["seed"] + dist_info.rank)
-    if dist_info.is_main:
+    if dist_info.is_main and not getattr(args, "resume", None):  # else Trainer.resume writes it, once it fits
         save_config(cfg, cfg["output_dir"])
     return TaskContext(cfg, dist_info, load_tokenizer(cfg), Path(cfg["output_dir"]), args)
 

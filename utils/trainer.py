@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from utils import deepspeed_engine
 from utils.atomic import output_error
 from utils.cli import ExitWithMessage
-from utils.config import ConfigError
+from utils.config import ConfigError, save_config
 from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
 from utils.optim import build_optimizer, build_scheduler
 from utils.parent_death import PARENT_DIED
@@ -145,9 +145,14 @@ class Trainer:
         ``latest`` by itself: :func:`restart_resume`); False if there is none. Files are
         read with ``weights_only=True`` unless ``trusted`` (default: ``--trusted-checkpoint``). Step checkpoints
         of ``output_dir`` newer than the one resumed (an abandoned run's) are moved aside (rank 0:
-        :func:`~utils.train_state.set_aside_newer`), so that a later ``--resume latest`` follows this run."""
-        path = resolve_resume(restart_resume(resume), self.output_dir)
+        :func:`~utils.train_state.set_aside_newer`), so that a later ``--resume latest`` follows this run.
+        When a resume was asked for, rank 0 writes ``output_dir/config.yaml`` here, once the checkpoint was found
+        to be of this run's set-up (the scripts leave it to this call then): a refused resume leaves the
+        config of the run that wrote the checkpoints in place."""
+        resume = restart_resume(resume)
+        path = resolve_resume(resume, self.output_dir)
         if path is None:
+            self._save_config(resume)
             return False
         state = load_train_state(path, map_location=self.dist.device, trusted=trusted)
         self._check_same_run(path, state)
@@ -174,12 +179,17 @@ class Trainer:
             except ValueError as e:  # other sources or source sizes (dataset.sampling.EpochStream)
                 raise ConfigError(f"--resume {path}: {e}; resume with the data it was written with, or start "
                                   "a new run in another output_dir") from e
+        self._save_config(resume)
         self._log({"event": "resumed", "checkpoint": str(path), "step": self.step})
         if self.dist.is_main:
             moved = set_aside_newer(self.output_dir, path, self.step)
             if moved is not None:
                 self._log({"event": "abandoned_checkpoints_moved", "to": str(moved), "step": self.step})
         return True
+
+    def _save_config(self, resume: str | None) -> None:
+        if resume is not None and self.dist.is_main:
+            save_config(self.cfg, self.output_dir)
 
     def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse (one line) a step checkpoint of another run set-up: another engine, config values of
