@@ -22,6 +22,7 @@ from torchvision.transforms import InterpolationMode
 
 from dataset.io import BadSample
 from dataset.text import has_left_right, swap_left_right
+from utils.box_ops import xywh_to_xyxy
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -166,8 +167,7 @@ class BoxAwareTransform:
         rng = rng or random
         img = to_uint8_tensor(image)
         H, W = img.shape[-2:]
-        xyxy = boxes_xywh.clone().float()
-        xyxy[:, 2:] += xyxy[:, :2]
+        xyxy = xywh_to_xyxy(boxes_xywh.float())
         texts = list(texts)
         if self.train:
             ax0, ay0, ax1, ay1 = xyxy[anchor].tolist()

@@ -32,6 +32,7 @@ from dataset.text import pre_caption, pre_question
 from models.checkpoint import WEIGHTS_NAME, CheckpointError, LoadReport, check_fits
 from models.vqa import X2VLMForVQA
 from models.x2vlm import X2VLM
+from utils.box_ops import cxcywh_to_pixels_xyxy
 from utils.config import RESOLVED_NAME, ConfigError, load_config
 
 log = logging.getLogger("x2vlm.api")
@@ -42,8 +43,7 @@ Texts = str | Sequence[str]
 
 def box_pixels(box_cxcywh: Sequence[float], width: int, height: int) -> list[float]:
     """Normalised (cx, cy, w, h) → pixel ``[x0, y0, x1, y1]`` in an image of ``width`` × ``height``."""
-    cx, cy, w, h = (float(v) for v in box_cxcywh)
-    return [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+    return cxcywh_to_pixels_xyxy(torch.tensor([float(v) for v in box_cxcywh]), width, height).tolist()
 
 
 def _as_list(value, kind: type | tuple[type, ...]) -> tuple[list, bool]:

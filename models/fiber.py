@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.fusion import attention_mask
 from models.heads import build_mlp
-from models.losses import box_xyxy_to_cxcywh
+from utils.box_ops import xyxy_to_cxcywh
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
@@ -234,7 +234,7 @@ class FiberBoxHead(nn.Module):
         sides = self.box(patches).float().sigmoid()  # (B, P, 4): left, top, right, bottom
         boxes = torch.cat([centres - sides[..., :2], centres + sides[..., 2:]], dim=-1).clamp(0, 1)
         xyxy = (scores.softmax(-1)[..., None] * boxes).sum(1)
-        return box_xyxy_to_cxcywh(xyxy), scores
+        return xyxy_to_cxcywh(xyxy), scores
 
 
 def fiber_layers(model_cfg: dict, vision_depth: int, text_depth: int) -> int:

@@ -6,6 +6,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather as _all_gather_with_grad
 
+from utils.box_ops import paired_giou_loss
+
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0; gradients flow back to each rank's own slice
@@ -109,31 +111,6 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total * world / n_tokens.clamp_min(1)
 
 
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-
-
-def paired_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Generalised IoU of matching rows of two ``(N, 4)`` xyxy box sets."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp_min(0) * (boxes1[:, 3] - boxes1[:, 1]).clamp_min(0)
-    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp_min(0) * (boxes2[:, 3] - boxes2[:, 1]).clamp_min(0)
-    lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
-    rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    union = area1 + area2 - inter
-    iou = inter / (union + eps)
-    enc_lt = torch.minimum(boxes1[:, :2], boxes2[:, :2])
-    enc_rb = torch.maximum(boxes1[:, 2:], boxes2[:, 2:])
-    enclosing = (enc_rb - enc_lt).clamp_min(0).prod(-1)
-    return iou - (enclosing - union) / (enclosing + eps)
-
-
 def bbox_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1, GIoU) losses of ``(N, 4)`` normalised (cx, cy, w, h) boxes, averaged over boxes with weight 1.
@@ -144,7 +121,7 @@ def bbox_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     w = torch.ones(pred.shape[0], device=pred.device) if weight is None else weight.float()
     num = w.sum().clamp_min(1.0)
     l1 = (F.l1_loss(pred, target, reduction="none").sum(1) * w).sum() / num
-    giou = ((1 - paired_giou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))) * w).sum() / num
+    giou = (paired_giou_loss(pred, target) * w).sum() / num
     return l1, giou
 
 

@@ -9,6 +9,8 @@ from timm.models.beit import Beit
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from utils.box_ops import cxcywh_to_xyxy
+
 
 class BEiT2VisionEncoder(Beit):
     """BEiT-2 ViT as X²-VLM uses it: relative position bias per block, layer scale, no absolute positions
@@ -87,10 +89,7 @@ def box_patch_mask(boxes: torch.Tensor, grid_size: int) -> torch.Tensor:
         raise ValueError(f"boxes must have shape (N, 4) as (cx, cy, w, h), got {tuple(boxes.shape)}")
     boxes = boxes.float()
     eps = 1e-6
-    x0 = (boxes[:, 0] - boxes[:, 2] / 2) * grid_size
-    y0 = (boxes[:, 1] - boxes[:, 3] / 2) * grid_size
-    x1 = (boxes[:, 0] + boxes[:, 2] / 2) * grid_size
-    y1 = (boxes[:, 1] + boxes[:, 3] / 2) * grid_size
+    x0, y0, x1, y1 = (cxcywh_to_xyxy(boxes) * grid_size).unbind(-1)
 
     def span(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start = torch.floor(lo + eps).clamp(0, grid_size - 1)

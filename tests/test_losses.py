@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from models import losses as L
+from utils import box_ops
 
 
 def _ce(row: list[float], target: list[float]) -> float:
@@ -326,8 +327,8 @@ def test_paired_giou_matches_torchvision() -> None:
     a, b = _special_pairs()
     a = torch.cat([a, _random_cxcywh(200, g)])
     b = torch.cat([b, _random_cxcywh(200, g)])
-    xa, xb = L.box_cxcywh_to_xyxy(a), L.box_cxcywh_to_xyxy(b)
-    ours = L.paired_giou(xa, xb)
+    xa, xb = box_ops.cxcywh_to_xyxy(a), box_ops.cxcywh_to_xyxy(b)
+    ours = 1 - box_ops.paired_giou_loss(a, b)
     ref = torch.diag(generalized_box_iou(xa, xb))
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     assert (ours[:1] < 0).all() and ours[4].item() == pytest.approx(1.0, abs=1e-5)  # disjoint / identical
@@ -343,7 +344,7 @@ def test_bbox_loss_matches_torchvision() -> None:
     l1, giou = L.bbox_loss(pred, target)
     n = pred.shape[0]
     assert l1.item() == pytest.approx(F.l1_loss(pred, target, reduction="sum").item() / n, abs=1e-5)
-    ref = generalized_box_iou_loss(L.box_cxcywh_to_xyxy(pred), L.box_cxcywh_to_xyxy(target), reduction="mean")
+    ref = generalized_box_iou_loss(box_ops.cxcywh_to_xyxy(pred), box_ops.cxcywh_to_xyxy(target), reduction="mean")
     assert giou.item() == pytest.approx(ref.item(), abs=1e-5)
 
 
@@ -384,8 +385,11 @@ def test_bbox_loss_hand_cases() -> None:
 
 def test_box_xyxy_to_cxcywh_inverts_cxcywh_to_xyxy() -> None:
     boxes = _random_cxcywh(20, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(L.box_xyxy_to_cxcywh(L.box_cxcywh_to_xyxy(boxes)), boxes)
-    assert L.box_xyxy_to_cxcywh(torch.tensor([0.1, 0.2, 0.5, 0.8])).tolist() == pytest.approx([0.3, 0.5, 0.4, 0.6])
+    torch.testing.assert_close(box_ops.xyxy_to_cxcywh(box_ops.cxcywh_to_xyxy(boxes)), boxes)
+    assert box_ops.xyxy_to_cxcywh(torch.tensor([0.1, 0.2, 0.5, 0.8])).tolist() == pytest.approx([0.3, 0.5, 0.4, 0.6])
+    pixels = box_ops.xywh_pixels_to_cxcywh(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), torch.tensor([[100, 200]]))
+    assert pixels.tolist() == [pytest.approx([0.25, 0.2, 0.3, 0.2])]
+    assert box_ops.cxcywh_to_pixels_xyxy(pixels[0], 100, 200).tolist() == pytest.approx([10, 20, 40, 60])
 
 
 def test_patch_alignment_loss_by_hand() -> None:

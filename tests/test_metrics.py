@@ -2,34 +2,20 @@
 import pytest
 import torch
 
-from utils.metrics import box_accuracy, recall_at_k, retrieval_metrics
+from utils.evaluation import recall_metrics
+from utils.metrics import box_accuracy
 
 
-def test_recall_at_k_hand_matrix() -> None:
-    # row 0: positive ranked 1st; row 1: 3rd; row 2: 2nd
+def test_recall_hand_matrix() -> None:
+    """The hand cases of the former recall_at_k, through the recall the evaluation uses (KS = 1, 5, 10)."""
+    # image rows: image 0's positive ranked 1st, image 1's 3rd, image 2's 2nd (texts 0, 1, 0)
     sim = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.1, 0.8], [0.3, 0.5, 0.1]])
     pos = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0]]).bool()
-    r = recall_at_k(sim, pos, ks=(1, 2, 3))
-    assert r[1] == pytest.approx(100 / 3)
-    assert r[2] == pytest.approx(200 / 3)
-    assert r[3] == pytest.approx(100.0)
-
-
-def test_recall_counts_any_of_several_positives() -> None:
-    sim = torch.tensor([[0.1, 0.9, 0.5, 0.0]])
-    pos = torch.tensor([[1, 0, 1, 0]]).bool()  # best positive (col 2) ranks 2nd
-    assert recall_at_k(sim, pos, ks=(1, 2)) == {1: 0.0, 2: 100.0}
-
-
-def test_retrieval_metrics_both_directions() -> None:
-    # 2 images, 4 texts (texts 0,1 → image 0; texts 2,3 → image 1)
-    sim = torch.tensor([[0.9, 0.1, 0.8, 0.0], [0.0, 0.95, 0.7, 0.9]])
-    m = retrieval_metrics(sim, torch.tensor([0, 0, 1, 1]))
-    assert m["i2t_r1"] == 50.0  # image 1's top text (1) belongs to image 0
-    # t2i: text0→img0 ok, text1→img1 wrong, text2→img0 wrong, text3→img1 ok
-    assert m["t2i_r1"] == 50.0
-    assert m["t2i_r5"] == 100.0
-    assert m["r_mean"] == pytest.approx(sum(v for k, v in m.items() if k != "r_mean") / 6)
+    r = recall_metrics(sim, sim.t(), pos)
+    assert r["txt_r1"] == pytest.approx(100 / 3) and r["txt_r5"] == pytest.approx(100.0)
+    # several positives: the best-ranked one counts (col 2, ranked 2nd)
+    one = recall_metrics(torch.tensor([[0.1, 0.9, 0.5, 0.0]]), torch.zeros(4, 1), torch.tensor([[1, 0, 1, 0]]).bool())
+    assert one["txt_r1"] == 0.0 and one["txt_r5"] == 100.0
 
 
 def test_box_accuracy_threshold() -> None:

@@ -204,3 +204,12 @@ def test_failed_save_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="No space left"):
         train_state.save_train_state(tmp_path, 2, {"model": {"w": torch.ones(2)}})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [first.name]
+
+
+def test_count_images_counts_every_task_batch() -> None:
+    from utils.trainer import count_images
+    x = torch.zeros(3, 3, 8, 8)
+    assert count_images({"images": x, "videos": torch.zeros(2, 4, 3, 8, 8)}) == 5  # pretraining pool
+    assert count_images({"image": x}) == 3
+    assert count_images({"image0": x, "image1": x}) == 6  # NLVR: two images per sample
+    assert count_images({"video": torch.zeros(2, 4, 3, 8, 8), "label": torch.zeros(2)}) == 2  # video QA

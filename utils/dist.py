@@ -87,11 +87,6 @@ def require_gpu(local_rank: int = 0) -> None:
                       f"--dist with at most as many processes per node as GPUs")
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks (identity when not distributed)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

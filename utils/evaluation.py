@@ -40,8 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Subset
-from torchvision.ops import box_convert, box_iou
 
+from utils.box_ops import paired_iou, xywh_pixels_to_cxcywh
 from utils.metrics import box_accuracy
 
 #: Keys of the config section ``eval`` and their defaults (the section may be absent: nothing is evaluated).
@@ -333,21 +333,6 @@ def evaluate_retrieval(model: nn.Module, loader, device, k_test: int, itm_rerank
 
 
 # ---------------------------------------------------------------------------------------------- grounding
-def xywh_pixels_to_cxcywh(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
-    """Pixel ``[x, y, w, h]`` boxes ``(N, 4)`` in images of ``(W, H)`` ``(N, 2)`` → normalised (cx, cy, w, h)."""
-    boxes, wh = boxes.float(), image_size.float()
-    scale = torch.cat([wh, wh], dim=1)
-    cxcywh = torch.cat([boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:]], dim=1)
-    return cxcywh / scale
-
-
-def box_ious(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
-    """IoU of each prediction with its own target (normalised boxes; IoU does not change with the scaling)."""
-    pred = box_convert(pred_cxcywh.float(), "cxcywh", "xyxy")
-    target = box_convert(target_cxcywh.float(), "cxcywh", "xyxy")
-    return box_iou(pred, target).diagonal()
-
-
 def grounding_chance(target_cxcywh: torch.Tensor) -> dict[str, float]:
     """Accuracy and mean IoU (percent) of the better of two constant boxes: the whole image, and a centred box
     of the targets' mean size."""
@@ -357,7 +342,7 @@ def grounding_chance(target_cxcywh: torch.Tensor) -> dict[str, float]:
     for box in candidates:
         pred = box.to(target_cxcywh.device)[None].expand_as(target_cxcywh)
         accs.append(box_accuracy(pred, target_cxcywh))
-        mious.append(float(box_ious(pred, target_cxcywh).mean() * 100))
+        mious.append(float(paired_iou(pred, target_cxcywh).mean() * 100))
     return {"chance_acc": max(accs), "chance_miou": max(mious)}
 
 
@@ -403,7 +388,7 @@ def evaluate_grounding(model: nn.Module, loader, device, *, tokenizer, max_token
         target = torch.cat([t for _, t in gathered])
     if pred.shape[0] == 0:
         raise ValueError("grounding evaluation: the loader gave no samples")
-    return {"acc": box_accuracy(pred, target), "miou": float(box_ious(pred, target).mean() * 100),
+    return {"acc": box_accuracy(pred, target), "miou": float(paired_iou(pred, target).mean() * 100),
             **grounding_chance(target)}
 
 
@@ -543,6 +528,6 @@ def format_results(results: dict[str, float]) -> str:
 
 __all__ = ["EVAL_DEFAULTS", "evaluate_retrieval", "evaluate_grounding", "zero_shot_eval", "retrieval_scores",
            "recall_metrics", "retrieval_chance", "grounding_chance", "positives_matrix", "predict_grounding",
-           "xywh_pixels_to_cxcywh", "box_ious", "eval_settings", "format_results", "winoground_metrics",
+           "eval_settings", "format_results", "winoground_metrics",
            "winoground_scores", "evaluate_winoground", "WINOGROUND_CHANCE", "progress_bar", "rank_order",
            "first_positive_rank"]

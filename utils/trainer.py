@@ -57,10 +57,15 @@ def to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dt
     return {k: move(v) for k, v in batch.items()}
 
 
+#: batch keys that hold images or videos, one per sample: pretraining pools, task batches, NLVR's image pairs
+#: (two per sample) and video QA
+IMAGE_KEYS = ("images", "videos", "image", "image0", "image1", "video")
+
+
 def count_images(batch: dict[str, Any]) -> int:
-    """Images (or videos) in a batch: pretraining pools (``images``/``videos``) or task batches (``image``)."""
+    """Images (or videos) in a batch (:data:`IMAGE_KEYS`); an NLVR pair counts two."""
     n = 0
-    for key in ("images", "videos", "image"):
+    for key in IMAGE_KEYS:
         if isinstance(batch.get(key), torch.Tensor):
             n += batch[key].shape[0]
     return n
