@@ -4,7 +4,7 @@ Measures, in one process on random weights (speed does not depend on them):
 
 * embedding: images/s through the vision encoder and texts/s through the text encoder;
 * re-ranking pairs/s of three ways to score the (query, candidate) pairs with the ITM head:
-  ``shared_kv`` — ours (``utils.evaluation._rerank`` + ``itm_pair_scorer``): pairs sorted by image, each
+  ``shared_kv`` — ours (``utils.evaluation.rerank`` + ``itm_pair_scorer``): pairs sorted by image, each
   batch fuses its distinct images once, so the cross-attention keys/values of an image are projected once
   per batch rather than once per pair; ``repeated`` — the same batches with every pair carrying its own copy
   of the image tokens (the official code's way); ``per_pair`` — one fusion pass per pair (a naive loop);
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.pretrain_throughput import device_name  # noqa: E402
 from models.x2vlm import X2VLM  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.evaluation import _rerank, itm_pair_scorer  # noqa: E402
+from utils.evaluation import itm_pair_scorer, rerank  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -117,9 +117,9 @@ def main() -> None:
         qi, qt = (n_img, n_txt) if queries <= 0 else (min(queries, n_img), min(queries, n_txt))
         sims_t = sims.t().contiguous()
         with torch.no_grad(), autocast():
-            _rerank(sims, k_i2t, range(0, min(8, qi)), scorer, args.itm_batch, True)  # warm-up
-            s_i2t = timed(lambda: _rerank(sims, k_i2t, range(0, qi), scorer, args.itm_batch, True), device)
-            s_t2i = timed(lambda: _rerank(sims_t, k_t2i, range(0, qt), scorer, args.itm_batch, False), device)
+            rerank(sims, k_i2t, range(0, min(8, qi)), scorer, args.itm_batch, True)  # warm-up
+            s_i2t = timed(lambda: rerank(sims, k_i2t, range(0, qi), scorer, args.itm_batch, True), device)
+            s_t2i = timed(lambda: rerank(sims_t, k_t2i, range(0, qt), scorer, args.itm_batch, False), device)
         return qi * k_i2t / s_i2t, qt * k_t2i / s_t2i, qi * k_i2t + qt * k_t2i
 
     rows: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""utils/evaluation.py: retrieval recall (ITC and ITM re-ranking) and grounding accuracy on stub models whose
+"""utils/evaluation/: retrieval recall (ITC and ITM re-ranking) and grounding accuracy on stub models whose
 scores are set by hand, the rank-split re-ranking, and zero_shot_eval end to end on the generated data."""
 from __future__ import annotations
 

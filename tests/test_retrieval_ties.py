@@ -1,6 +1,6 @@
 """Retrieval ranking with tied scores (issue 16, point 6) and its float32 scores.
 
-The rule (utils/evaluation.py, Retrieval.py): every ranking — the ITC top-k selection of the candidates to
+The rule (utils/evaluation/ranking.py, Retrieval.py): every ranking — the ITC top-k selection of the candidates to
 re-rank and the rank of the positive in recall — is a stable descending sort, so among equal scores the
 candidate with the lower index (its order in the evaluation file) ranks first. Similarities and ITM logits
 are float32 whatever the model's dtype."""
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import utils.evaluation as ev
+import utils.evaluation.ranking as ev
 from dataset.tasks import collate_dict
 from utils.evaluation import (
     evaluate_retrieval,
