@@ -28,8 +28,9 @@ import logging
 import torch
 
 from dataset import create_dataset, create_loader
+from dataset.captions import CaptionMLMCollate, prompt_token_ids
 from dataset.tasks import collate_dict
-from models.captioning import CaptionMLMCollate, X2VLMForCaptioning, prompt_token_ids
+from models.captioning import X2VLMForCaptioning
 from utils.caption_metrics import (
     JAVA_METRICS,
     TOKENIZERS,

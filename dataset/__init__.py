@@ -33,7 +33,7 @@ from dataset.tasks import (
     collate_dict,
     collate_vqa,
 )
-from dataset.text import TextProcessor
+from dataset.text import TextProcessor, build_tokenizer
 from dataset.transforms import BoxAwareTransform, ImageTransform
 from dataset.webdata import ShardStream
 from dataset.workers import ignore_stop_signals
@@ -44,8 +44,7 @@ TASKS = ("pretrain_images", "pretrain_regions", "pretrain_videos", "retrieval", 
 
 
 def load_tokenizer(cfg: dict):
-    """The text encoder's tokenizer (``model.text``; see :func:`models.text.build_tokenizer`)."""
-    from models.text import build_tokenizer
+    """The text encoder's tokenizer (``model.text``; see :func:`dataset.text.build_tokenizer`)."""
     return build_tokenizer(cfg["model"]["text"])
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from dataset.annotation import AnnotationDataset
 from dataset.io import AnnotationIndex, BadSample, load_image, looks_like_base64, need, read_json
-from dataset.pretrain import _AnnotationDataset
 from dataset.text import pre_caption, pre_question
 from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
 from dataset.video import load_frames
@@ -64,7 +64,7 @@ def _ids(index: AnnotationIndex, key: str, fallback: str) -> dict[Any, int]:
     return out
 
 
-class _TaskDataset(_AnnotationDataset):
+class _TaskDataset(AnnotationDataset):
     #: the fields a record of this format needs (for :class:`dataset.io.MissingField` messages)
     fields = ""
 

@@ -1,12 +1,18 @@
-"""Caption/question cleaning, left/right swapping for flips, and tokenisation with MLM masking."""
+"""The tokenizer (:func:`build_tokenizer`), caption/question cleaning, left/right swapping for flips, and
+tokenisation with MLM masking."""
 from __future__ import annotations
 
+import inspect
 import random
 import re
+from pathlib import Path
 from typing import Any
+
+from transformers import AutoTokenizer, BertTokenizerFast
 
 from dataset.io import BadSample
 from dataset.masking import MaskGenerator
+from utils.config import ConfigError
 
 _PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
 _SPACES = re.compile(r"\s{2,}")
@@ -95,3 +101,18 @@ class TextProcessor:
             out["mlm_positions"] = positions
             out["mlm_labels"] = labels
         return out
+
+
+def build_tokenizer(text_cfg: dict):
+    """Tokenizer from ``tokenizer`` (a folder or a WordPiece ``vocab.txt``) or else ``name_or_path``."""
+    source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
+    if not source:
+        raise ConfigError("no tokenizer: set model.text.tokenizer (folder or vocab.txt) or model.text.name_or_path")
+    source = Path(source)
+    if source.is_file():
+        # transformers 5 takes the vocab file as ``vocab`` and silently ignores ``vocab_file`` (4.x's name)
+        arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+        return BertTokenizerFast(**{arg: str(source)}, do_lower_case=True)
+    if not source.is_dir():
+        raise FileNotFoundError(f"tokenizer '{source}' is neither a vocab file nor a local folder")
+    return AutoTokenizer.from_pretrained(str(source), local_files_only=True)

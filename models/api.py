@@ -211,7 +211,7 @@ class X2VLMInference:
         """Generated caption(s) (beam search as ``Captioning.py``; settings default to the ``caption`` config
         section, the prompt to ``data.finetune.prompt``, which is not repeated in the output)."""
         self._require("caption", "mlm_head")
-        from models.captioning import prompt_token_ids
+        from dataset.captions import prompt_token_ids
         s = self.cfg["caption"]
         prompt = prompt_token_ids(self.tokenizer, self.cfg["data"]["finetune"]["prompt"])
         ids = self.captioner().generate(

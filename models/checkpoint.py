@@ -27,6 +27,7 @@ from torch import nn
 from models.official_layout import architecture_of, backbone_part, complete_ties, is_derived, to_our_layout
 from models.position_tables import resize_rel_pos_bias_table
 from utils.atomic import atomic_write
+from utils.trust import is_trusted, trust_checkpoints  # noqa: F401  (trust_checkpoints: re-exported)
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -97,21 +98,6 @@ class CheckpointError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------- reading
-_TRUSTED = False  # this process's default for checkpoint reads (--trusted-checkpoint)
-
-
-def trust_checkpoints(trusted: bool = True) -> None:
-    """Make ``trusted`` the default of every checkpoint read in this process (``--trusted-checkpoint``): full
-    unpickling, which can run code a file carries; only for files you trust. Reads passed ``trusted=`` keep it."""
-    global _TRUSTED
-    _TRUSTED = bool(trusted)
-
-
-def is_trusted(trusted: bool | None = None) -> bool:
-    """``trusted`` if given, else this process's default (:func:`trust_checkpoints`; False unless set)."""
-    return _TRUSTED if trusted is None else bool(trusted)
-
-
 def read_state_dict(path: str | os.PathLike, trusted: bool | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file or folder; unwraps ``{'model': ...}`` / ``{'module': ...}``.
 

@@ -1,11 +1,11 @@
-"""Text encoder through ``transformers.AutoModel`` (BERT, RoBERTa, XLM-R, ...) and its tokenizer."""
+"""Text encoder through ``transformers.AutoModel`` (BERT, RoBERTa, XLM-R, ...); its tokenizer:
+:func:`dataset.text.build_tokenizer`."""
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertTokenizerFast, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 SWAP_MODES = ("none", "full", "cross_attention_only", "embeddings_only")
 
@@ -56,19 +56,3 @@ def build_text_encoder(text_cfg: dict, load_weights: bool = True) -> nn.Module:
         return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False, local_files_only=True,
                                          attn_implementation="sdpa")
     return AutoModel.from_config(cfg, add_pooling_layer=False, attn_implementation="sdpa")
-
-
-def build_tokenizer(text_cfg: dict):
-    """Tokenizer from ``tokenizer`` (a folder or a WordPiece ``vocab.txt``) or else ``name_or_path``."""
-    source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
-    if not source:
-        from utils.config import ConfigError  # a ValueError
-        raise ConfigError("no tokenizer: set model.text.tokenizer (folder or vocab.txt) or model.text.name_or_path")
-    source = Path(source)
-    if source.is_file():
-        # transformers 5 takes the vocab file as ``vocab`` and silently ignores ``vocab_file`` (4.x's name)
-        arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
-        return BertTokenizerFast(**{arg: str(source)}, do_lower_case=True)
-    if not source.is_dir():
-        raise FileNotFoundError(f"tokenizer '{source}' is neither a vocab file nor a local folder")
-    return AutoTokenizer.from_pretrained(str(source), local_files_only=True)

@@ -89,7 +89,7 @@ def annotation_texts(files: Iterable[str | Path], fields: Iterable[str] = TEXT_F
 
 
 def word_splitter():
-    """Split a text into the words the vocab.txt tokenizer sees (``models.text.build_tokenizer``: BERT
+    """Split a text into the words the vocab.txt tokenizer sees (``dataset.text.build_tokenizer``: BERT
     WordPiece, lower-cased, accents stripped, punctuation and CJK characters split off)."""
     from tokenizers import normalizers, pre_tokenizers
     norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
@@ -125,7 +125,7 @@ def make_vocab(texts: list[str], min_count: int = 1, max_size: int | None = None
 def pieces_share(texts: list[str], vocab_file: str | Path) -> float:
     """Percent of the word occurrences in ``texts`` that the vocabulary in ``vocab_file`` cuts into pieces
     (or maps to [UNK])."""
-    from models.text import build_tokenizer
+    from dataset.text import build_tokenizer
     tok = build_tokenizer({"tokenizer": str(vocab_file)})
     split = word_splitter()
     cache: dict[str, bool] = {}

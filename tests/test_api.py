@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from dataset import image_transform
+from dataset.captions import prompt_token_ids
 from dataset.synthetic import generate
 from models import X2VLMInference, load_model
 from models.api import box_pixels
-from models.captioning import prompt_token_ids
 from models.checkpoint import CheckpointError, save_checkpoint_weights
 from models.vqa import X2VLMForVQA
 from tests.conftest import TINY_CONFIG

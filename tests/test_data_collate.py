@@ -7,7 +7,7 @@ import torch
 from dataset.collate import TokenizeCollate
 from dataset.synthetic import build_vocab
 from dataset.tasks import collate_dict
-from models.text import build_tokenizer
+from dataset.text import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from dataset.collate import TokenizeCollate
 from dataset.io import BadSample, MissingField, looks_like_base64
 from dataset.sampling import EpochStream
 from dataset.synthetic import generate
-from models.text import build_tokenizer
+from dataset.text import build_tokenizer
 from tests.conftest import ROOT
 from utils.cli import report_user_error
 from utils.config import load_config

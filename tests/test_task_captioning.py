@@ -17,15 +17,9 @@ import torch.nn.functional as F
 
 import Captioning
 from dataset import load_tokenizer
+from dataset.captions import CaptionMLMCollate, prompt_token_ids
 from dataset.synthetic import generate
-from models.captioning import (
-    CaptionMLMCollate,
-    X2VLMForCaptioning,
-    _block_repeats,
-    caption_attention,
-    prompt_token_ids,
-    smoothed_kl_loss,
-)
+from models.captioning import X2VLMForCaptioning, _block_repeats, caption_attention, smoothed_kl_loss
 from utils.caption_metrics import caption_scores
 from utils.config import ConfigError, load_config
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from models.text import build_text_encoder, build_tokenizer, text_config
+from dataset.text import build_tokenizer
+from models.text import build_text_encoder, text_config
 from models.x2vlm import X2VLM
 from utils.config import load_config
 

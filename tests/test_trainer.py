@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from models import checkpoint
 from models.checkpoint import CheckpointError
 from models.x2vlm import X2VLM
 from tests.conftest import ROOT, random_batch
-from utils import train_state
+from utils import train_state, trust
 from utils.config import apply_overrides
 from utils.dist import DistInfo
 from utils.train_state import checkpoint_paths, load_train_state, save_train_state
@@ -167,7 +166,7 @@ class Planted:
 
 def test_step_checkpoint_with_a_planted_object_is_refused(tiny_cfg: dict, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoint, "_TRUSTED", False)  # restored after the test
+    monkeypatch.setattr(trust, "_TRUSTED", False)  # restored after the test
     cfg = train_cfg(tiny_cfg, tmp_path, 3)
     make_trainer(cfg).fit(batches(cfg))
     path = checkpoint_paths(tmp_path)[-1]
@@ -186,7 +185,7 @@ def test_step_checkpoint_with_a_planted_object_is_refused(tiny_cfg: dict, tmp_pa
         make_trainer(cfg).resume("latest")
     trainer = make_trainer(cfg)
     assert trainer.resume("latest", trusted=True) and trainer.step == 3
-    checkpoint.trust_checkpoints()
+    trust.trust_checkpoints()
     assert make_trainer(cfg).resume("latest")
     with pytest.raises(CheckpointError, match="argparse.Namespace"):
         make_trainer(cfg).resume("latest", trusted=False)  # an explicit choice wins over the default

@@ -14,19 +14,10 @@ from typing import Any
 
 from utils.atomic import OutputError
 from utils.config import ConfigError
+from utils.errors import ExitWithMessage
 
 #: exit status of a user error (argparse uses 2 for bad arguments too)
 USER_ERROR = 2
-
-
-class ExitWithMessage(Exception):
-    """An expected end of a run that is no user error, e.g. training stopped by a signal (``utils.trainer.
-    TrainingStopped``) or a collective timeout (``utils.dist.CollectiveTimeout``): :func:`cli_main` prints
-    ``prog: <message>`` on stderr (when ``report``; other ranks of a job stay silent) and exits with ``code``."""
-
-    def __init__(self, message: str, code: int, report: bool = True):
-        super().__init__(message)
-        self.code, self.report = code, report
 
 
 def _hint(error: BaseException) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from utils.atomic import atomic_write
+from utils.trust import trust_checkpoints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_PATH = REPO_ROOT / "configs" / "defaults.yaml"
@@ -178,6 +179,5 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "allow_partial_load", False):
         overrides.append("model.allow_partial_load=true")
     if getattr(args, "trusted_checkpoint", False):
-        from models.checkpoint import trust_checkpoints
         trust_checkpoints()  # the default of every checkpoint read in this process
     return load_config(args.config, overrides)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import is_trusted
 from utils.config import ConfigError
 from utils.train_state import load_checkpoint_file
+from utils.trust import is_trusted
 
 SUPPORTED_STAGES = (1, 2)
 _OWNED = {"gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.clip_grad"}

@@ -10,8 +10,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from utils.cli import ExitWithMessage
 from utils.config import ConfigError
+from utils.errors import ExitWithMessage
 from utils.parent_death import die_with_parent
 
 #: exit status of a rank whose collective timed out (as coreutils ``timeout``)

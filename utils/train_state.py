@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from utils.atomic import atomic_write
+from utils.trust import is_trusted
 
 CKPT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^step_(\d+)\.pt$")
@@ -37,10 +38,10 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", tru
                          allowed: tuple[type, ...] | list[type] = ()) -> Any:
     """``torch.load`` of a checkpoint file without running code: ``weights_only=True`` with exactly the classes
     ``allowed`` added (scoped to this call), unless ``trusted`` (default:
-    :func:`models.checkpoint.is_trusted`). A file naming any
+    :func:`utils.trust.is_trusted`). A file naming any
     other class or function raises a one-line :class:`~models.checkpoint.CheckpointError` that names the file,
     the refused globals and the override; an unreadable file one that names the file."""
-    from models.checkpoint import CheckpointError, is_trusted
+    from models.checkpoint import CheckpointError
     if is_trusted(trusted):
         try:
             return torch.load(path, map_location=map_location, weights_only=False)

@@ -20,9 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from utils import deepspeed_engine
 from utils.atomic import output_error
-from utils.cli import ExitWithMessage
 from utils.config import ConfigError, save_config
 from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
+from utils.errors import ExitWithMessage
 from utils.optim import build_optimizer, build_scheduler
 from utils.parent_death import PARENT_DIED
 from utils.train_state import (
