@@ -25,7 +25,7 @@ Used by the task scripts (retrieval, grounding) and by the end-of-pretraining ze
   ``{image_0, image_1, caption_0, caption_1}`` from the ITM match probability (or ITC similarity), with
   their chance levels (25, 25, 16.67).
 * :func:`zero_shot_eval` — retrieval and grounding, from the config section ``eval`` (see
-  :data:`EVAL_DEFAULTS`), keys prefixed ``retrieval/`` and ``grounding/``.
+  its defaults: ``configs/defaults.yaml``), keys prefixed ``retrieval/`` and ``grounding/``.
 
 All values are percentages in [0, 100]. Long loops show a tqdm progress bar on rank 0 when stderr is a terminal
 (:func:`progress_bar`; ``TQDM_DISABLE=1`` in the environment turns the bars off).
@@ -48,9 +48,9 @@ from utils.evaluation.winoground import (
     winoground_metrics,
     winoground_scores,
 )
-from utils.evaluation.zero_shot import EVAL_DEFAULTS, eval_settings, format_results, zero_shot_eval
+from utils.evaluation.zero_shot import eval_settings, format_results, zero_shot_eval
 
-__all__ = ["EVAL_DEFAULTS", "KS", "RANK_CHUNK", "WINOGROUND_CHANCE", "eval_settings", "evaluate_grounding",
+__all__ = ["KS", "RANK_CHUNK", "WINOGROUND_CHANCE", "eval_settings", "evaluate_grounding",
            "evaluate_retrieval", "evaluate_winoground", "evaluating", "first_positive_rank", "format_results",
            "grounding_chance", "itm_pair_scorer", "positives_matrix", "predict_grounding", "progress_bar",
            "rank_order", "recall_metrics", "rerank", "retrieval_chance", "retrieval_scores", "winoground_metrics",

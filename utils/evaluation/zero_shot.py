@@ -8,31 +8,22 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Subset
 
+from utils.config import load_defaults
 from utils.evaluation.grounding import evaluate_grounding
 from utils.evaluation.loop import dist_ready, world_of
 from utils.evaluation.retrieval import evaluate_retrieval
 
-#: Keys of the config section ``eval`` and their defaults (the section may be absent: nothing is evaluated).
-EVAL_DEFAULTS: dict[str, Any] = {
-    "retrieval_file": [],      # retrieval test file(s): [{image, caption: [str, ...]}]; empty: skipped
-    "grounding_file": [],      # grounding file(s): [{image, text, bbox: [x, y, w, h], ref_id optional}]; empty: skipped
-    "k_test": 128,             # candidates re-ranked by ITM per query (clamped to the number of candidates)
-    "itm_rerank": True,        # false: ITC similarity only
-    "batch_size": 64,          # images per batch
-    "text_batch_size": 256,    # texts per text-encoder pass
-    "itm_batch_size": 256,     # image-text pairs per ITM forward pass while re-ranking
-    "num_workers": None,       # DataLoader workers (null: data.num_workers)
-    "caption_tokenizer": "ptb",  # Captioning.py scoring: ptb (COCO's, runs java) or simple (utils/caption_metrics.py)
-}
-
 
 def eval_settings(cfg: dict) -> dict[str, Any]:
-    """The ``eval`` section merged over :data:`EVAL_DEFAULTS` (unknown keys are an error)."""
+    """The ``eval`` section of ``cfg`` over its defaults in ``configs/defaults.yaml`` (the one place they live; a
+    config from :func:`utils.config.load_config` has them all already), file lists as lists, ``num_workers``
+    null → ``data.num_workers``; a key the defaults do not have is an error."""
+    defaults = load_defaults()["eval"]
     section = cfg.get("eval") or {}
-    unknown = sorted(set(section) - set(EVAL_DEFAULTS))
+    unknown = sorted(set(section) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown eval config key(s): {', '.join(unknown)}; known: {', '.join(EVAL_DEFAULTS)}")
-    out = {**EVAL_DEFAULTS, **section}
+        raise ValueError(f"unknown eval config key(s): {', '.join(unknown)}; known: {', '.join(defaults)}")
+    out = {**defaults, **section}
     for key in ("retrieval_file", "grounding_file"):
         files = out[key]
         out[key] = [files] if isinstance(files, str) else list(files or [])
