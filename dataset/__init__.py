@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -37,6 +38,7 @@ from dataset.text import TextProcessor, build_tokenizer
 from dataset.transforms import BoxAwareTransform, ImageTransform
 from dataset.webdata import ShardStream
 from dataset.workers import ignore_stop_signals
+from utils.config import ConfigError
 
 log = logging.getLogger("x2vlm.data")
 TASKS = ("pretrain_images", "pretrain_regions", "pretrain_videos", "retrieval", "video_retrieval", "vqa",
@@ -73,67 +75,102 @@ def _is_shards(files: Any) -> bool:
     return bool(files) and all(str(f).endswith(".tar") or ".tar" in str(f).split("/")[-1] for f in files)
 
 
+def _image_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> Dataset:
+    return ImageTextDataset(files, text, image_transform(cfg, train, True), sec["image_key"], sec["caption_key"],
+                            sec["is_image_rpath"], sec["language"], **common)
+
+
+def _region_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> Dataset:
+    return RegionTextDataset(files, text, box_transform(cfg, train), sec["image_key"], sec["caption_key"],
+                             sec["is_image_rpath"], sec["max_regions"], **common)
+
+
+def _video_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> Dataset:
+    # official clip merging (configs/pretrain/x2vlm_*_stage2.yaml): on unless the config says otherwise
+    return VideoTextDataset(files, text, image_transform(cfg, train, True), sec["video_key"], sec["caption_key"],
+                            sec["is_image_rpath"], sec["frame_len"],
+                            combine_continuous_clips=sec["combine_continuous_clips"],
+                            min_frames_before_sampling=sec["min_frames_before_sampling"], **common)
+
+
+#: pretraining source → (its files' config key under ``data``, the dataset builder)
+PRETRAIN_SOURCES: dict[str, tuple[str, Callable[..., Dataset]]] = {
+    "images": ("train_file", _image_text), "regions": ("train_file_regions", _region_text),
+    "videos": ("train_file_videos", _video_text)}
+
+
+def _pretrain_dataset(kind: str, cfg: dict, train: bool, tokenizer, rank: int, world_size: int,
+                      common: dict) -> Dataset | IterableDataset:
+    """A pretraining source: map-style over annotation files, or a webdataset stream over ``.tar`` shards (the
+    dataset then only turns records into samples)."""
+    d = cfg["data"]
+    key, build = PRETRAIN_SOURCES[kind]
+    files, sec = d[key], d[kind]
+    shards = _is_shards(files)
+    ds = build([] if shards else files, text_processor(cfg, tokenizer or load_tokenizer(cfg)), cfg, train, sec,
+               common)
+    if not shards:
+        return ds
+    return ShardStream(files, ds.from_record, image_key=sec.get("image_key", "binary"),
+                       video_key=sec.get("video_key"), rank=rank, world_size=world_size, seed=cfg["seed"],
+                       shuffle=train, shuffle_buffer=d["wds_shuffle_buffer"] if train else 0, training=train,
+                       max_bad_fraction=d["max_bad_fraction"], bad_window=d["bad_window"])
+
+
+def _retrieval(files, tf, cfg: dict, train: bool, common: dict) -> Dataset:
+    return RetrievalTrainDataset(files, tf, **common) if train else RetrievalEvalDataset(files, tf, **common)
+
+
+def _video_retrieval(files, tf, cfg: dict, train: bool, common: dict) -> Dataset:
+    kw = {"image_key": "video", "is_video": True, "frame_len": cfg["data"]["videos"]["frame_len"], **common}
+    return RetrievalTrainDataset(files, tf, index_key="video_id", **kw) if train else \
+        RetrievalEvalDataset(files, tf, **kw)
+
+
+def _vqa(files, tf, cfg: dict, train: bool, common: dict) -> Dataset:
+    ft = cfg["data"]["finetune"]
+    return VQADataset(files, tf, roots=ft["roots"], answer_list=None if train else ft["answer_list"], **common)
+
+
+def _grounding(files, tf, cfg: dict, train: bool, common: dict) -> Dataset:
+    return GroundingDataset(files, box_transform(cfg) if train else tf, **common)
+
+
+def _captioning(files, tf, cfg: dict, train: bool, common: dict) -> Dataset:
+    return CaptionDataset(files, tf, prompt=cfg["data"]["finetune"]["prompt"], **common)
+
+
+def _video_qa(files, tf, cfg: dict, train: bool, common: dict) -> Dataset:
+    return VideoQADataset(files, tf, ans2label=cfg["data"]["finetune"]["ans2label"],
+                          frame_len=cfg["data"]["videos"]["frame_len"], **common)
+
+
+#: fine-tuning task → its dataset builder ``(files, image transform, cfg, train, common kwargs)``
+TASK_DATASETS: dict[str, Callable[..., Dataset]] = {
+    "retrieval": _retrieval, "video_retrieval": _video_retrieval, "vqa": _vqa,
+    "nlvr2": lambda files, tf, cfg, train, common: NLVRDataset(files, tf, **common),
+    "grounding": _grounding, "captioning": _captioning, "video_qa": _video_qa}
+
+
 def create_dataset(task: str, cfg: dict, split: str = "train", tokenizer=None, rank: int = 0,
                    world_size: int = 1) -> Dataset | IterableDataset:
-    """One dataset: ``pretrain_{images,regions,videos}`` (train files from ``data.train_file*``) or a fine-tuning
-    task (files from ``data.finetune.{split}_file``). ``.tar`` pretraining files are read as webdataset shards."""
-    d, ft = cfg["data"], cfg["data"]["finetune"]
+    """One dataset: ``pretrain_{images,regions,videos}`` (train files from ``data.train_file*``,
+    :data:`PRETRAIN_SOURCES`) or a fine-tuning task (files from ``data.finetune.{split}_file``, or ``split``
+    itself as the files; :data:`TASK_DATASETS`). ``.tar`` pretraining files are read as webdataset shards."""
+    d = cfg["data"]
     train = split == "train"
     try:
         set_max_image_pixels(d["max_image_pixels"])  # process-wide (and for its workers): every image reader
     except ValueError as e:
-        from utils.config import ConfigError
         raise ConfigError(str(e)) from e
     common = {"root": d["root"], "training": train, "max_bad_fraction": d["max_bad_fraction"],
               "bad_window": d["bad_window"]}
-    if task.startswith("pretrain_"):
-        tokenizer = tokenizer or load_tokenizer(cfg)
-        text = text_processor(cfg, tokenizer)
-        kind = task.removeprefix("pretrain_")
-        files = {"images": d["train_file"], "regions": d["train_file_regions"], "videos": d["train_file_videos"]}[kind]
-        sec = d[kind]
-        if kind == "images":
-            ds = ImageTextDataset([] if _is_shards(files) else files, text, image_transform(cfg, train, True),
-                                  sec["image_key"], sec["caption_key"], sec["is_image_rpath"], sec["language"],
-                                  **common)
-        elif kind == "regions":
-            ds = RegionTextDataset([] if _is_shards(files) else files, text, box_transform(cfg, train),
-                                   sec["image_key"], sec["caption_key"], sec["is_image_rpath"], sec["max_regions"],
-                                   **common)
-        else:
-            # official clip merging (configs/pretrain/x2vlm_*_stage2.yaml): on unless the config says otherwise
-            ds = VideoTextDataset([] if _is_shards(files) else files, text, image_transform(cfg, train, True),
-                                  sec["video_key"], sec["caption_key"], sec["is_image_rpath"], sec["frame_len"],
-                                  combine_continuous_clips=sec["combine_continuous_clips"],
-                                  min_frames_before_sampling=sec["min_frames_before_sampling"],
-                                  **common)
-        if _is_shards(files):
-            return ShardStream(files, ds.from_record, image_key=sec.get("image_key", "binary"),
-                               video_key=sec.get("video_key"), rank=rank,
-                               world_size=world_size, seed=cfg["seed"], shuffle=train,
-                               shuffle_buffer=d["wds_shuffle_buffer"] if train else 0, training=train,
-                               max_bad_fraction=d["max_bad_fraction"], bad_window=d["bad_window"])
-        return ds
-    files = ft[f"{split}_file"] if split in ("train", "val", "test") else split
-    tf = image_transform(cfg, train)
-    frame_len = d["videos"]["frame_len"]
-    if task == "retrieval":
-        return RetrievalTrainDataset(files, tf, **common) if train else RetrievalEvalDataset(files, tf, **common)
-    if task == "video_retrieval":
-        kw = {"image_key": "video", "is_video": True, "frame_len": frame_len, **common}
-        return RetrievalTrainDataset(files, tf, index_key="video_id", **kw) if train else \
-            RetrievalEvalDataset(files, tf, **kw)
-    if task == "vqa":
-        return VQADataset(files, tf, roots=ft["roots"], answer_list=None if train else ft["answer_list"], **common)
-    if task == "nlvr2":
-        return NLVRDataset(files, tf, **common)
-    if task == "grounding":
-        return GroundingDataset(files, box_transform(cfg) if train else tf, **common)
-    if task == "captioning":
-        return CaptionDataset(files, tf, prompt=ft["prompt"], **common)
-    if task == "video_qa":
-        return VideoQADataset(files, tf, ans2label=ft["ans2label"], frame_len=frame_len, **common)
-    raise ValueError(f"unknown dataset task {task!r}; known: {', '.join(TASKS)}")
+    if task.startswith("pretrain_") and task.removeprefix("pretrain_") in PRETRAIN_SOURCES:
+        return _pretrain_dataset(task.removeprefix("pretrain_"), cfg, train, tokenizer, rank, world_size, common)
+    if task not in TASK_DATASETS:
+        raise ValueError(f"unknown dataset task {task!r}; known: {', '.join(TASKS)}")
+    files = d["finetune"][f"{split}_file"] if split in ("train", "val", "test") else split
+    return TASK_DATASETS[task](files, image_transform(cfg, train), cfg, train, common)
 
 
 def collate_for(task: str, cfg: dict | None = None):
@@ -176,7 +213,6 @@ def create_pretrain_loader(cfg: dict, rank: int | None = None, world_size: int |
             loaders[task.removeprefix("pretrain_")] = create_loader(
                 ds, bs, collate_for(task, cfg), d["num_workers"], True, rank, world_size, cfg["seed"])
     if not loaders:
-        from utils.config import ConfigError
         raise ConfigError("no pretraining data: set data.train_file, data.train_file_regions or data.train_file_videos")
     # ITC ids are per-batch identities: offset them per rank so gathered ids never collide across ranks
     return MixedLoader(loaders, steps, id_offset=rank << 32)

@@ -163,56 +163,72 @@ def build_vocab(texts: Iterable[str], stems: Iterable[str] = SHAPES, min_count: 
     return list(dict.fromkeys(vocab))
 
 
-def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: int = 12, image_size: int = 96,
-             video_size: int = 64, n_frames: int = 8) -> dict[str, str]:
-    """Write the dataset; returns {name: path} of the annotation files (and ``root``, ``vocab``)."""
-    rng = random.Random(seed)
-    out = Path(out_dir)
-    for sub in ("images", "frames", "videos", "pretrain"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    texts: list[str] = []
+#: annotation file of each generated set, relative to the output folder
+FILES = {
+    "image_text": "pretrain/image_text.jsonl", "regions": "pretrain/regions.jsonl",
+    "videos": "pretrain/videos.jsonl", "retrieval_train": "retrieval_train.json",
+    "retrieval_test": "retrieval_test.json", "vqa_train": "vqa_train.json", "vqa_test": "vqa_test.json",
+    "answer_list": "answer_list.json", "nlvr_train": "nlvr_train.json", "nlvr_test": "nlvr_test.json",
+    "grounding_train": "grounding_train.json", "grounding_test": "grounding_test.json",
+    "caption_train": "caption_train.json", "caption_test": "caption_test.json",
+    "video_retrieval_train": "video_retrieval_train.json", "video_retrieval_test": "video_retrieval_test.json",
+    "video_qa_train": "video_qa_train.jsonl", "video_qa_test": "video_qa_test.jsonl",
+    "video_qa_ans2label": "video_qa_ans2label.json", "vocab": "vocab.txt",
+}
+
+
+def _scenes(rng: random.Random, out: Path, n_images: int, image_size: int) -> list[tuple]:
+    """``(relative path, image, shapes, captions)`` of each generated image (written as JPEG)."""
     scenes = []
     for i in range(n_images):
         shapes = random_scene(rng, image_size, rng.randint(2, 3))
         img = render(shapes, image_size)
         rel = f"images/img_{i:04d}.jpg"
         img.save(out / rel, quality=95)
-        caps = scene_captions(shapes)
-        texts += caps
-        scenes.append((rel, img, shapes, caps))
+        scenes.append((rel, img, shapes, scene_captions(shapes)))
+    return scenes
 
-    image_text, regions, ret_train, cap_train, vqa_train, ground_train = [], [], [], [], [], []
-    ret_test, cap_test, vqa_test, ground_test = [], [], [], []
+
+def _region_record(b64: str, shapes: list, caps: list[str]) -> dict:
+    """Region text = attributes + caption: "red circle", or "red circle above the blue square"."""
+    elems = [{"bb": list(s.box), "attributes": s.color,
+              "caption": [s.kind, f"{s.kind} {relation(s, other)} the {other.name}"]}
+             for s, other in zip(shapes, [shapes[1], *[shapes[0]] * (len(shapes) - 1)], strict=True)]
+    elems.append({"bb": _union(shapes[0].box, shapes[1].box), "caption": [caps[0]]})
+    return {"binary": b64, "caption": caps[0], "elems": elems}
+
+
+def _image_records(rng: random.Random, scenes: list[tuple], sets: dict[str, list], texts: list[str]) -> None:
+    """The image sets (pretraining, retrieval, captioning, VQA, grounding) of ``scenes`` into ``sets``; the last
+    quarter of the images (at least 2) is the test split, kept out of pretraining (the zero-shot evaluation sees
+    them first)."""
+    n_images = len(scenes)
     n_test = max(2, n_images // 4)
     for i, (rel, img, shapes, caps) in enumerate(scenes):
         test = i >= n_images - n_test
-        if not test:  # test images stay out of pretraining: the zero-shot evaluation sees them first
+        split = "test" if test else "train"
+        if not test:
             b64 = image_to_base64(img)
-            image_text.append({"binary": b64, "desc": caps})
-            # region text = attributes + caption: "red circle", or "red circle above the blue square"
-            elems = [{"bb": list(s.box), "attributes": s.color,
-                      "caption": [s.kind, f"{s.kind} {relation(s, other)} the {other.name}"]}
-                     for s, other in zip(shapes, [shapes[1], *[shapes[0]] * (len(shapes) - 1)], strict=True)]
-            elems.append({"bb": _union(shapes[0].box, shapes[1].box), "caption": [caps[0]]})
-            regions.append({"binary": b64, "caption": caps[0], "elems": elems})
-        (ret_test if test else ret_train).extend(
-            [{"image": rel, "caption": caps, "image_id": i}] if test else
-            [{"image": rel, "caption": c, "image_id": i} for c in caps])
-        (cap_test if test else cap_train).extend(
-            [{"image": rel, "caption": caps, "image_id": i}] if test else
-            [{"image": rel, "caption": c, "image_id": i} for c in caps])
+            sets["image_text"].append({"binary": b64, "desc": caps})
+            sets["regions"].append(_region_record(b64, shapes, caps))
+        for name in ("retrieval", "caption"):
+            sets[f"{name}_{split}"].extend([{"image": rel, "caption": caps, "image_id": i}] if test else
+                                           [{"image": rel, "caption": c, "image_id": i} for c in caps])
         for k, (q, a) in enumerate(scene_questions(shapes, rng)):
-            row = {"question_id": i * 10 + k, "image": rel, "question": q, "answer": [a] * 3, "dataset": "vqa"}
-            (vqa_test if test else vqa_train).append(row)
+            sets[f"vqa_{split}"].append({"question_id": i * 10 + k, "image": rel, "question": q, "answer": [a] * 3,
+                                         "dataset": "vqa"})
             texts += [q, a]
         for k, s in enumerate(shapes):
             other = shapes[1] if k == 0 else shapes[0]
             ref = f"{s.name} {relation(s, other)} the {other.name}"  # worded like the pretraining region texts
             texts.append(ref)
-            row = {"image": rel, "text": ref, "ref_id": i * 10 + k, "bbox": list(s.box)}
-            (ground_test if test else ground_train).append(row)
+            sets[f"grounding_{split}"].append({"image": rel, "text": ref, "ref_id": i * 10 + k, "bbox": list(s.box)})
 
+
+def _nlvr_records(scenes: list[tuple], texts: list[str]) -> list[dict]:
+    """Image pairs with "there are <shape>s in both images", true when both images hold that shape."""
     nlvr = []
+    n_images = len(scenes)
     for i in range(n_images):
         j = (i * 7 + 3) % n_images
         kind = scenes[i][2][0].kind
@@ -221,9 +237,13 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
         texts.append(sentence)
         nlvr.append({"images": [scenes[i][0], scenes[j][0]], "sentence": sentence, "label": all(has),
                      "identifier": f"syn-{i}"})
+    return nlvr
 
-    answers = sorted({a for r in vqa_train + vqa_test for a in r["answer"]})
-    videos, vret_train, vret_test, vqa_v_train, vqa_v_test = [], [], [], [], []
+
+def _video_records(rng: random.Random, out: Path, n_videos: int, video_size: int, n_frames: int,
+                   sets: dict[str, list], texts: list[str]) -> None:
+    """Moving-shape videos (frame folders, and MP4 files where PyAV can write them) and their sets: pretraining
+    video-text, video retrieval and video QA; the last quarter (at least 2) is the test split."""
     have_av = True
     for v in range(n_videos):
         frames, cap = moving_video(rng, video_size, n_frames)
@@ -235,46 +255,43 @@ def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: i
         have_av = have_av and write_video_file(out / "videos" / f"vid_{v:03d}.mp4", frames)
         media = f"videos/vid_{v:03d}.mp4" if have_av else f"frames/vid_{v:03d}"
         test = v >= n_videos - max(2, n_videos // 4)
+        split = "test" if test else "train"
         if not test:
-            videos.append({"video_frames": [image_to_base64(f) for f in frames], "text": cap})
-        (vret_test if test else vret_train).append(
-            {"video": media, "caption": [cap] if test else cap, "video_id": v})
+            sets["videos"].append({"video_frames": [image_to_base64(f) for f in frames], "text": cap})
+        sets[f"video_retrieval_{split}"].append({"video": media, "caption": [cap] if test else cap, "video_id": v})
         color, kind = cap.split()[1:3]
         for k, (q, a) in enumerate([(f"what color is the moving {kind}", color),
                                     (f"what is the moving {color} one", kind)]):
-            (vqa_v_test if test else vqa_v_train).append(
-                {"video_id": media, "question": q, "answer": a, "question_id": v * 10 + k})
+            sets[f"video_qa_{split}"].append({"video_id": media, "question": q, "answer": a,
+                                              "question_id": v * 10 + k})
             texts.append(q)
 
-    files = {
-        "image_text": "pretrain/image_text.jsonl", "regions": "pretrain/regions.jsonl",
-        "videos": "pretrain/videos.jsonl", "retrieval_train": "retrieval_train.json",
-        "retrieval_test": "retrieval_test.json", "vqa_train": "vqa_train.json", "vqa_test": "vqa_test.json",
-        "answer_list": "answer_list.json", "nlvr_train": "nlvr_train.json", "nlvr_test": "nlvr_test.json",
-        "grounding_train": "grounding_train.json", "grounding_test": "grounding_test.json",
-        "caption_train": "caption_train.json", "caption_test": "caption_test.json",
-        "video_retrieval_train": "video_retrieval_train.json", "video_retrieval_test": "video_retrieval_test.json",
-        "video_qa_train": "video_qa_train.jsonl", "video_qa_test": "video_qa_test.jsonl",
-        "video_qa_ans2label": "video_qa_ans2label.json", "vocab": "vocab.txt",
-    }
-    _write_jsonl(out / files["image_text"], image_text)
-    _write_jsonl(out / files["regions"], regions)
-    _write_jsonl(out / files["videos"], videos)
+
+def generate(out_dir: str | Path, seed: int = 0, n_images: int = 48, n_videos: int = 12, image_size: int = 96,
+             video_size: int = 64, n_frames: int = 8) -> dict[str, str]:
+    """Write the dataset; returns {name: path} of the annotation files (and ``root``, ``vocab``)."""
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    for sub in ("images", "frames", "videos", "pretrain"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    scenes = _scenes(rng, out, n_images, image_size)
+    texts: list[str] = [c for *_, caps in scenes for c in caps]
+    sets: dict[str, list] = {name: [] for name in FILES if name not in ("answer_list", "video_qa_ans2label", "vocab")}
+    _image_records(rng, scenes, sets, texts)
+    nlvr = _nlvr_records(scenes, texts)
     split = n_images - n_images // 4
-    for name, data in [("retrieval_train", ret_train), ("retrieval_test", ret_test), ("vqa_train", vqa_train),
-                       ("vqa_test", vqa_test), ("answer_list", answers), ("nlvr_train", nlvr[:split]),
-                       ("nlvr_test", nlvr[split:]), ("grounding_train", ground_train),
-                       ("grounding_test", ground_test), ("caption_train", cap_train), ("caption_test", cap_test),
-                       ("video_retrieval_train", vret_train), ("video_retrieval_test", vret_test),
-                       ("video_qa_ans2label", {a: k for k, a in enumerate([*sorted(COLORS), *SHAPES])})]:
-        _write_json(out / files[name], data)
-    _write_jsonl(out / files["video_qa_train"], vqa_v_train)
-    _write_jsonl(out / files["video_qa_test"], vqa_v_test)
+    sets["nlvr_train"], sets["nlvr_test"] = nlvr[:split], nlvr[split:]
+    answers = sorted({a for r in sets["vqa_train"] + sets["vqa_test"] for a in r["answer"]})
+    _video_records(rng, out, n_videos, video_size, n_frames, sets, texts)
+    for name, rows in sets.items():
+        (_write_jsonl if FILES[name].endswith(".jsonl") else _write_json)(out / FILES[name], rows)
+    _write_json(out / FILES["answer_list"], answers)
+    _write_json(out / FILES["video_qa_ans2label"], {a: k for k, a in enumerate([*sorted(COLORS), *SHAPES])})
     vocab = build_vocab(texts + list(NUMBERS) + ["yes", "no", "left", "right"])
     vocab += [str(n) for n in range(len(NUMBERS)) if str(n) not in vocab]  # the VQA counts; appended: ids unchanged
     assert len(vocab) < 512, len(vocab)
-    (out / files["vocab"]).write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    result = {k: str(out / v) for k, v in files.items()}
+    (out / FILES["vocab"]).write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    result = {k: str(out / v) for k, v in FILES.items()}
     result["root"] = str(out)
     return result
 
