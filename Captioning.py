@@ -41,7 +41,7 @@ from utils.caption_metrics import (
     require_java,
 )
 from utils.config import ConfigError
-from utils.evaluation import progress_bar
+from utils.evaluation import evaluating, progress_bar
 from utils.task import build_model, gather_unique, setup_task, task_parser, train_task, write_results
 from utils.train_state import write_json_atomic
 
@@ -49,20 +49,20 @@ log = logging.getLogger("x2vlm.captioning")
 
 # the official settings (coco_captioning_large.yaml: label_smoothing, apply_FG_free, num_beams, max_length,
 # min_length, length_penalty; models/model_generation.py: forbid_duplicate_ngrams with ngram_size 3)
-@torch.no_grad()
 def generate_captions(model: X2VLMForCaptioning, loader, tokenizer, prompt_ids: list[int], settings: dict,
                       device: torch.device) -> list[dict]:
     """``[{image_id, caption}]`` for the images of ``loader`` (this rank's share)."""
-    model.eval()
-    dtype = next(model.parameters()).dtype
     out = []
-    for batch in progress_bar(loader, "captions"):
-        ids = model.generate(batch["image"].to(device, dtype), prompt_ids, num_beams=settings["num_beams"],
-                             max_length=settings["max_length"], min_length=settings["min_length"],
-                             length_penalty=settings["length_penalty"], no_repeat_ngram=settings["no_repeat_ngram"])
-        image_ids = batch["image_id"].tolist() if torch.is_tensor(batch["image_id"]) else list(batch["image_id"])
-        out += [{"image_id": i, "caption": tokenizer.decode(c, skip_special_tokens=True).strip()}
-                for i, c in zip(image_ids, ids, strict=True)]
+    with evaluating(model) as model:
+        dtype = next(model.parameters()).dtype
+        for batch in progress_bar(loader, "captions"):
+            ids = model.generate(batch["image"].to(device, dtype), prompt_ids, num_beams=settings["num_beams"],
+                                 max_length=settings["max_length"], min_length=settings["min_length"],
+                                 length_penalty=settings["length_penalty"],
+                                 no_repeat_ngram=settings["no_repeat_ngram"])
+            image_ids = batch["image_id"].tolist() if torch.is_tensor(batch["image_id"]) else list(batch["image_id"])
+            out += [{"image_id": i, "caption": tokenizer.decode(c, skip_special_tokens=True).strip()}
+                    for i, c in zip(image_ids, ids, strict=True)]
     return out
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataset import create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from dataset.tasks import collate_dict
-from models.nlvr import X2VLMForNLVR, nlvr_metrics, predict
+from models.nlvr import X2VLMForNLVR
+from utils.evaluation.nlvr import nlvr_metrics, predict_nlvr
 from utils.task import build_model, gather_unique, setup_task, task_parser, train_task, write_results
 
 
@@ -27,7 +28,7 @@ def evaluate(ctx, model: X2VLMForNLVR, collate) -> dict[str, float]:
             continue
         data = create_dataset("nlvr2", cfg, split, ctx.tokenizer, rank, world)
         loader = create_loader(data, ft["batch_size_test"], collate, cfg["data"]["num_workers"], False, rank, world)
-        preds, labels = predict(model, loader, ctx.dist.device)
+        preds, labels = predict_nlvr(model, loader, ctx.dist.device)
         records = [{"index": i, "pred": p, "label": t}
                    for i, p, t in zip(loader.sampler, preds, labels, strict=True)]
         records = sorted(gather_unique(records, "index"), key=lambda r: r["index"])

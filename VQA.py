@@ -20,7 +20,7 @@ from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from models.vqa import X2VLMForVQA
 from utils.dist import cleanup
-from utils.evaluation import progress_bar
+from utils.evaluation import evaluating, progress_bar
 from utils.task import build_model, gather_unique, setup_task, task_parser, train_task, write_results
 from utils.train_state import write_json_atomic
 from utils.vqa_metrics import best_constant_accuracy, vqa_accuracy
@@ -33,19 +33,20 @@ def collate_train(samples: list[dict]) -> dict:
     return batch
 
 
-@torch.no_grad()
 def predict(model: X2VLMForVQA, loader, tokenizer, answer_list: list[str], k: int, device) -> list[dict]:
     """``[{question_id, answer}]`` for this process's share of the test loader."""
-    model.eval()
     answers = tokenizer(list(answer_list), padding="longest", return_tensors="pt")
     a_ids, a_atts = answers["input_ids"].to(device), answers["attention_mask"].to(device)
     results = []
-    for batch in progress_bar(loader, "answers"):
-        images = batch["image"].to(device, dtype=next(model.parameters()).dtype)
-        ids, _ = model.answer(images, batch["text_ids"].to(device), batch["text_atts"].to(device), a_ids, a_atts, k)
-        qids = batch["question_id"]
-        qids = qids.tolist() if isinstance(qids, torch.Tensor) else list(qids)
-        results += [{"question_id": q, "answer": answer_list[i]} for q, i in zip(qids, ids[:, 0].tolist(), strict=True)]
+    with evaluating(model) as model:
+        dtype = next(model.parameters()).dtype
+        for batch in progress_bar(loader, "answers"):
+            ids, _ = model.answer(batch["image"].to(device, dtype=dtype), batch["text_ids"].to(device),
+                                  batch["text_atts"].to(device), a_ids, a_atts, k)
+            qids = batch["question_id"]
+            qids = qids.tolist() if isinstance(qids, torch.Tensor) else list(qids)
+            results += [{"question_id": q, "answer": answer_list[i]}
+                        for q, i in zip(qids, ids[:, 0].tolist(), strict=True)]
     return results
 
 

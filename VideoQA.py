@@ -17,7 +17,8 @@ from dataset import create_dataset, create_loader
 from dataset.collate import TokenizeCollate
 from dataset.io import read_json
 from dataset.tasks import collate_dict
-from models.videoqa import X2VLMForVideoQA, predict, videoqa_metrics
+from models.videoqa import X2VLMForVideoQA
+from utils.evaluation.videoqa import predict_video_qa, videoqa_metrics
 from utils.task import build_model, finish, gather_unique, setup_task, task_parser, train_task
 from utils.train_state import write_json_atomic
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         data = create_dataset("video_qa", cfg, split, ctx.tokenizer, rank, world)
         loader = create_loader(data, ft["batch_size_test"], collate, d["num_workers"], False, rank, world)
-        records = [{**r, "index": i} for i, r in zip(loader.sampler, predict(model, loader, ctx.dist.device),
+        records = [{**r, "index": i} for i, r in zip(loader.sampler, predict_video_qa(model, loader, ctx.dist.device),
                                                       strict=True)]
         records = sorted(gather_unique(records, "index"), key=lambda r: r["index"])
         metrics = videoqa_metrics([r["pred"] for r in records], [r["label"] for r in records])

@@ -49,29 +49,4 @@ class X2VLMForNLVR(X2VLM):
         return {"loss": loss, "acc": acc}
 
 
-@torch.no_grad()
-def predict(model: X2VLMForNLVR, loader, device: torch.device) -> tuple[list[int], list[int]]:
-    """Predicted and true labels over ``loader``, in its order."""
-    model.eval()
-    preds: list[int] = []
-    labels: list[int] = []
-    dtype = next(model.parameters()).dtype
-    for batch in loader:
-        logits = model.logits(batch["image0"].to(device, dtype), batch["image1"].to(device, dtype),
-                              batch["text_ids"].to(device), batch["text_atts"].to(device))
-        preds += logits.argmax(-1).tolist()
-        labels += batch["label"].tolist()
-    return preds, labels
-
-
-def nlvr_metrics(preds: list[int], labels: list[int]) -> dict[str, float]:
-    """Accuracy and the majority-class rate (the accuracy of always answering the commoner label), in %."""
-    if not labels:
-        raise ValueError("no NLVR examples to score")
-    n = len(labels)
-    correct = sum(int(p == t) for p, t in zip(preds, labels, strict=True))
-    positives = sum(labels)
-    return {"acc": 100.0 * correct / n, "majority": 100.0 * max(positives, n - positives) / n, "n": n}
-
-
-__all__ = ["X2VLMForNLVR", "predict", "nlvr_metrics"]
+__all__ = ["X2VLMForNLVR"]

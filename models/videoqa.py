@@ -47,32 +47,4 @@ class X2VLMForVideoQA(X2VLM):
         return {"loss": loss, "acc": (logits.argmax(-1) == label).float().mean()}
 
 
-@torch.no_grad()
-def predict(model: X2VLMForVideoQA, loader, device: torch.device) -> list[dict]:
-    """``[{question_id, pred, label}]`` over ``loader`` (class indexes), in its order."""
-    model.eval()
-    dtype = next(model.parameters()).dtype
-    out: list[dict] = []
-    for batch in loader:
-        logits = model.logits(batch["video"].to(device, dtype), batch["text_ids"].to(device),
-                              batch["text_atts"].to(device))
-        qids = batch["question_id"]
-        qids = qids.tolist() if isinstance(qids, torch.Tensor) else list(qids)
-        out += [{"question_id": q, "pred": p, "label": t}
-                for q, p, t in zip(qids, logits.argmax(-1).tolist(), batch["label"].tolist(), strict=True)]
-    return out
-
-
-def videoqa_metrics(preds: list[int], labels: list[int]) -> dict[str, float]:
-    """``acc`` (percent of questions answered right; a -100 label, an answer outside the classes, is always
-    wrong), ``chance_acc`` (always answering the commonest test answer) and ``n``."""
-    if not labels:
-        raise ValueError("no video QA questions to score")
-    n = len(labels)
-    correct = sum(int(p == t) for p, t in zip(preds, labels, strict=True))
-    known = [t for t in labels if t != -100]
-    majority = max((known.count(t) for t in set(known)), default=0)
-    return {"acc": 100.0 * correct / n, "chance_acc": 100.0 * majority / n, "n": n}
-
-
-__all__ = ["X2VLMForVideoQA", "predict", "videoqa_metrics"]
+__all__ = ["X2VLMForVideoQA"]

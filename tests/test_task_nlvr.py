@@ -17,8 +17,9 @@ import torch
 
 import NLVR
 from dataset.synthetic import generate
-from models.nlvr import X2VLMForNLVR, nlvr_metrics
+from models.nlvr import X2VLMForNLVR
 from utils.config import load_config
+from utils.evaluation.nlvr import nlvr_metrics
 
 DEMO = "configs/finetune/nlvr_demo.yaml"
 COLOURS = ("red", "blue")

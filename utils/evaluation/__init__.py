@@ -1,5 +1,6 @@
-"""Shared evaluation, one module per job (``retrieval``, ``grounding``, ``winoground``, ``zero_shot``; ``ranking``
-and ``loop`` serve them): image-text retrieval (ITC, then ITM re-ranking of the top k) and box grounding.
+"""Shared evaluation, one module per job (``retrieval``, ``grounding``, ``winoground``, ``nlvr``, ``videoqa``,
+``zero_shot``; ``ranking`` and ``loop`` serve them). Image-text retrieval (ITC, then ITM re-ranking of the top k)
+and box grounding below in detail.
 
 Used by the task scripts (retrieval, grounding) and by the end-of-pretraining zero-shot evaluation.
 
@@ -32,6 +33,7 @@ All values are percentages in [0, 100]. Long loops show a tqdm progress bar on r
 """
 from utils.evaluation.grounding import evaluate_grounding, grounding_chance, predict_grounding
 from utils.evaluation.loop import evaluating, progress_bar
+from utils.evaluation.nlvr import nlvr_metrics, predict_nlvr
 from utils.evaluation.ranking import (
     KS,
     RANK_CHUNK,
@@ -42,6 +44,7 @@ from utils.evaluation.ranking import (
     retrieval_chance,
 )
 from utils.evaluation.retrieval import evaluate_retrieval, itm_pair_scorer, rerank, retrieval_scores
+from utils.evaluation.videoqa import predict_video_qa, videoqa_metrics
 from utils.evaluation.winoground import (
     WINOGROUND_CHANCE,
     evaluate_winoground,
@@ -50,8 +53,8 @@ from utils.evaluation.winoground import (
 )
 from utils.evaluation.zero_shot import eval_settings, format_results, zero_shot_eval
 
-__all__ = ["KS", "RANK_CHUNK", "WINOGROUND_CHANCE", "eval_settings", "evaluate_grounding",
-           "evaluate_retrieval", "evaluate_winoground", "evaluating", "first_positive_rank", "format_results",
-           "grounding_chance", "itm_pair_scorer", "positives_matrix", "predict_grounding", "progress_bar",
-           "rank_order", "recall_metrics", "rerank", "retrieval_chance", "retrieval_scores", "winoground_metrics",
-           "winoground_scores", "zero_shot_eval"]
+__all__ = ["KS", "RANK_CHUNK", "WINOGROUND_CHANCE", "eval_settings", "evaluate_grounding", "evaluate_retrieval",
+           "evaluate_winoground", "evaluating", "first_positive_rank", "format_results", "grounding_chance",
+           "itm_pair_scorer", "nlvr_metrics", "positives_matrix", "predict_grounding", "predict_nlvr",
+           "predict_video_qa", "progress_bar", "rank_order", "recall_metrics", "rerank", "retrieval_chance",
+           "retrieval_scores", "videoqa_metrics", "winoground_metrics", "winoground_scores", "zero_shot_eval"]
