@@ -8,7 +8,7 @@ generated captions with the COCO metrics.
 Annotations: train ``[{image, caption, image_id}]``; val/test ``[{image, image_id, caption: [refs...]}]``
 (``data.finetune.{train,val,test}_file``). Writes ``output_dir/model.safetensors`` after training,
 ``output_dir/caption_{split}_predictions.json`` (``[{image_id, caption}]``, one per image) and
-``output_dir/caption.json`` with ``{split}_{metric}`` for every split whose annotations carry references, and
+``output_dir/caption.json`` with ``{split}/{metric}`` for every split whose annotations carry references, and
 ``tokenizer``: the caption tokenisation the scores were computed with.
 
 Scoring (utils/caption_metrics.py) tokenises with COCO's PTB tokenizer (``eval.caption_tokenizer: ptb``, the
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         if refs is None or not metrics:
             continue
         scores = caption_scores(refs, {p["image_id"]: p["caption"] for p in preds}, metrics, scoring)
-        results.update({f"{split}_{k}": v for k, v in scores.items()})
+        results.update({f"{split}/{k}": v for k, v in scores.items()})
         results["tokenizer"] = scoring
     write_results(ctx, "caption", results)
     return results

@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 
 from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
-from models.grounding import X2VLMGrounding
+from models.grounding import X2VLMForGrounding
 from utils.evaluation import evaluate_grounding
 from utils.task import build_model, finish, setup_task, task_parser, train_task
 
@@ -52,7 +52,7 @@ def evaluate(ctx, model) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ctx = setup_task(task_parser(__doc__, "configs/finetune/grounding_demo.yaml").parse_args(argv))
     cfg = ctx.cfg
-    model = build_model(ctx, X2VLMGrounding)
+    model = build_model(ctx, X2VLMForGrounding)
     collate = TokenizeCollate(collate_for("grounding"), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
     train_task(ctx, model, "grounding", collate, evaluate=lambda: evaluate(ctx, model))
     results = evaluate(ctx, model)

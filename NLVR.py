@@ -6,7 +6,7 @@
 
 Annotations: ``[{images: [left, right], sentence, label}]`` (``data.finetune.{train,val,test}_file``).
 Writes ``output_dir/model.safetensors`` after training and ``output_dir/nlvr.json`` with the accuracy
-(``{split}_acc``, %) and the majority-class rate (``{split}_majority``) of every split that has a file.
+(``{split}/acc``, %) and the majority-class rate (``{split}/majority``) of every split that has a file.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def evaluate(ctx, model: X2VLMForNLVR, collate) -> dict[str, float]:
                    for i, p, t in zip(loader.sampler, preds, labels, strict=True)]
         records = sorted(gather_unique(records, "index"), key=lambda r: r["index"])
         for key, value in nlvr_metrics([r["pred"] for r in records], [r["label"] for r in records]).items():
-            results[f"{split}_{key}"] = value
+            results[f"{split}/{key}"] = value
     return results
 
 

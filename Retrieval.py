@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
-from models.retrieval import X2VLMRetrieval
+from models.retrieval import X2VLMForRetrieval
 from utils.evaluation import eval_settings, evaluate_retrieval
 from utils.task import build_model, finish, setup_task, task_parser, train_task
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ctx = setup_task(parser.parse_args(argv))
     video = ctx.args.video or ctx.cfg["data"]["finetune"]["is_video"]
     cfg, task = ctx.cfg, "video_retrieval" if video else "retrieval"
-    model = build_model(ctx, X2VLMRetrieval)
+    model = build_model(ctx, X2VLMForRetrieval)
     collate = TokenizeCollate(collate_for(task), ctx.tokenizer, cfg["data"]["max_tokens"], {"text": "text"})
     train_task(ctx, model, task, collate, evaluate=lambda: evaluate(ctx, model, task))
     results = evaluate(ctx, model, task)

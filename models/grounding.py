@@ -15,7 +15,7 @@ import torch
 from models.x2vlm import X2VLM
 
 
-class X2VLMGrounding(X2VLM):
+class X2VLMForGrounding(X2VLM):
     """The backbone and the box head (as the official grounding model) with a box-regression forward;
     :meth:`predict_boxes` is inherited."""
 
@@ -30,4 +30,4 @@ class X2VLMGrounding(X2VLM):
         return {"loss": sum(losses.values()), **losses}
 
 
-__all__ = ["X2VLMGrounding"]
+__all__ = ["X2VLMForGrounding"]

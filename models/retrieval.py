@@ -15,7 +15,7 @@ from models import losses as L
 from models.x2vlm import X2VLM
 
 
-class X2VLMRetrieval(X2VLM):
+class X2VLMForRetrieval(X2VLM):
     """The backbone with the ITC and ITM heads (as the official retrieval model) and a retrieval forward;
     scoring (ITC features, ITM logits) is inherited."""
 
@@ -39,4 +39,4 @@ class X2VLMRetrieval(X2VLM):
         return {"loss": loss_itc + loss_itm, "loss_itc": loss_itc, "loss_itm": loss_itm}
 
 
-__all__ = ["X2VLMRetrieval"]
+__all__ = ["X2VLMForRetrieval"]

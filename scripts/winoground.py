@@ -26,7 +26,7 @@ from dataset import create_loader, image_transform  # noqa: E402
 from dataset.io import AnnotationIndex, load_image  # noqa: E402
 from dataset.tasks import collate_dict  # noqa: E402
 from dataset.text import pre_caption  # noqa: E402
-from models.retrieval import X2VLMRetrieval  # noqa: E402
+from models.retrieval import X2VLMForRetrieval  # noqa: E402
 from utils.evaluation import evaluate_winoground  # noqa: E402
 from utils.task import build_model, finish, setup_task, task_parser  # noqa: E402
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--image_ext", default="", help="suffix for image names that have none (e.g. .png)")
     ctx = setup_task(parser.parse_args(argv))
     cfg = ctx.cfg
-    model = build_model(ctx, X2VLMRetrieval).to(ctx.dist.device)
+    model = build_model(ctx, X2VLMForRetrieval).to(ctx.dist.device)
     ds = WinogroundPairs(ctx.args.pairs, image_transform(cfg, train=False), cfg["data"]["root"],
                          cfg["data"]["max_words"], ctx.args.image_ext)
     loader = create_loader(ds, cfg["data"]["finetune"]["batch_size_test"], collate_dict, cfg["data"]["num_workers"],

@@ -83,8 +83,8 @@ def pretrain(cfg: dict) -> dict[str, torch.Tensor]:
 
 
 def retrieval(cfg: dict) -> dict[str, torch.Tensor]:
-    from models.retrieval import X2VLMRetrieval
-    model = _build(X2VLMRetrieval, cfg)
+    from models.retrieval import X2VLMForRetrieval
+    model = _build(X2VLMForRetrieval, cfg)
     batch = {"image": _images(cfg, 3, 2), **_texts(cfg, 3, 3), "idx": torch.tensor([0, 1, 0]), "sample_seed": 5}
     out = _floats(model(batch))
     image_embeds, image_atts = model.encode_visual(batch["image"])
@@ -97,8 +97,8 @@ def retrieval(cfg: dict) -> dict[str, torch.Tensor]:
 
 
 def grounding(cfg: dict) -> dict[str, torch.Tensor]:
-    from models.grounding import X2VLMGrounding
-    model = _build(X2VLMGrounding, cfg)
+    from models.grounding import X2VLMForGrounding
+    model = _build(X2VLMForGrounding, cfg)
     centre = torch.rand(3, 2, generator=_generator(6)) * 0.5 + 0.25
     batch = {"image": _images(cfg, 3, 5), **_texts(cfg, 3, 6),
              "target_bbox": torch.cat([centre, torch.full((3, 2), 0.3)], dim=1)}

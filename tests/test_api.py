@@ -167,10 +167,10 @@ def test_load_errors_name_the_file(syn, tmp_path: Path) -> None:
 def test_heads_a_checkpoint_lacks_are_refused_not_used(syn, images, tmp_path: Path, capsys) -> None:
     """A grounding checkpoint (box head only, as the official one) loads for inference; the methods whose heads
     it does not hold (ITC projections, ITM, MLM) refuse instead of answering with random weights."""
-    from models.grounding import X2VLMGrounding
+    from models.grounding import X2VLMForGrounding
     from utils.config import load_config
     torch.manual_seed(0)
-    grounding = X2VLMGrounding.from_config(load_config(TINY_CONFIG), load_weights=False)
+    grounding = X2VLMForGrounding.from_config(load_config(TINY_CONFIG), load_weights=False)
     path = save_checkpoint_weights(grounding, tmp_path / "grounding")
     vlm = load_model(path, config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
     summary = capsys.readouterr().out

@@ -216,9 +216,9 @@ def test_fiber_box_head_weights_the_patch_boxes_by_text_alignment() -> None:
 
 
 def test_fiber_grounding_losses_train_the_box_head_and_the_fusion(cfg) -> None:
-    from models.grounding import X2VLMGrounding
+    from models.grounding import X2VLMForGrounding
     torch.manual_seed(0)
-    model = X2VLMGrounding.from_config(cfg)
+    model = X2VLMForGrounding.from_config(cfg)
     b = inputs(cfg)
     batch = {"image": b["images"][:2], "text_ids": b["text_ids"][:2], "text_atts": b["text_atts"][:2],
              "target_bbox": torch.tensor([[0.3, 0.3, 0.2, 0.4], [0.7, 0.6, 0.3, 0.2]])}
@@ -265,12 +265,12 @@ def test_every_task_script_runs_with_fiber(syn, tmp_path) -> None:
                            f"data.finetune.test_file=[{syn['vqa_test']}]",
                            f"data.finetune.answer_list={syn['answer_list']}"], [], "vqa_acc"),
         (NLVR, "nlvr_demo", [f"data.finetune.train_file=[{syn['nlvr_train']}]",
-                             f"data.finetune.test_file=[{syn['nlvr_test']}]"], [], "test_acc"),
+                             f"data.finetune.test_file=[{syn['nlvr_test']}]"], [], "test/acc"),
         (Grounding, "grounding_demo", [f"data.finetune.train_file=[{syn['grounding_train']}]",
                                        f"data.finetune.test_file=[{syn['grounding_test']}]"], [], "test/acc"),
         (Captioning, "caption_demo", [f"data.finetune.train_file=[{syn['caption_train']}]",
                                       f"data.finetune.test_file=[{syn['caption_test']}]", "caption.max_length=6"],
-         ["--metrics", "bleu", "--caption_tokenizer", "simple"], "test_Bleu_1"),
+         ["--metrics", "bleu", "--caption_tokenizer", "simple"], "test/Bleu_1"),
     ]
     for module, config, overrides, extra, metric in tasks:
         torch.manual_seed(0)

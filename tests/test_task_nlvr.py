@@ -98,10 +98,10 @@ def test_finetune_above_majority(synth, tmp_path) -> None:
                  "optimizer.lr=3.0e-4"]
     argv = ["--config", DEMO, "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
     results = NLVR.main(argv + [a for o in overrides for a in ("--override", o)])
-    print(f"nlvr: test acc {results['test_acc']:.1f}% vs majority {majority:.1f}%")
-    assert results["test_n"] == len(test_rows)
-    assert results["test_majority"] == pytest.approx(majority)
-    assert results["test_acc"] >= majority + 15.0
+    print(f"nlvr: test acc {results['test/acc']:.1f}% vs majority {majority:.1f}%")
+    assert results["test/n"] == len(test_rows)
+    assert results["test/majority"] == pytest.approx(majority)
+    assert results["test/acc"] >= majority + 15.0
     assert json.loads((tmp_path / "out" / "nlvr.json").read_text()) == pytest.approx(results)
     assert (tmp_path / "out" / "model.safetensors").is_file()
 

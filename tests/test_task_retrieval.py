@@ -33,9 +33,9 @@ def demo_args(syn: dict, out: Path, *extra: str, video: bool = False) -> list[st
 
 def test_forward_losses_use_image_ids(tiny_cfg):
     from models import losses as L
-    from models.retrieval import X2VLMRetrieval
+    from models.retrieval import X2VLMForRetrieval
     torch.manual_seed(0)
-    model = X2VLMRetrieval.from_config(tiny_cfg)
+    model = X2VLMForRetrieval.from_config(tiny_cfg)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(4, 3, 64, 64, generator=g), "text_ids": torch.randint(5, 500, (4, 7), generator=g),
              "text_atts": torch.ones(4, 7, dtype=torch.long), "idx": torch.tensor([0, 1, 0, 2]), "sample_seed": 3}
