@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif max(labels.values()) >= cfg["model"]["num_answers"]:
         raise SystemExit(f"VideoQA.py: {ft['ans2label']} has class {max(labels.values())} but model.num_answers "
                          f"is {cfg['model']['num_answers']}")
+    ctx.save_config()
     model = build_model(ctx, X2VLMForVideoQA)
     collate = TokenizeCollate(collate_dict, ctx.tokenizer, d["max_tokens"], {"question": "text"})
     train_task(ctx, model, "video_qa", collate)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "finetune" / "retrieval_demo.yaml"
@@ -153,3 +154,6 @@ def test_epoch_evaluation_keeps_the_best_epoch(syn, tmp_path):
     assert best["value"] == max(values) and best["epoch"] == 1 + values.index(max(values))
     assert (out / "best" / "model.safetensors").exists()
     assert results["test/itc_r_mean"] == pytest.approx(best["value"], abs=1e-4)
+    # the saved config is the one that ran: train.steps as derived from the 3 epochs, not the 0 given
+    steps = [r["step"] for r in log if "loss" in r][-1]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps"] == steps > 0

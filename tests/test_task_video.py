@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from utils.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,6 +40,9 @@ def test_videoqa_finetune_beats_the_commonest_answer(syn, tmp_path):
     # measured: 54.2% (13 of 24) against 25.0% for always giving the commonest answer
     assert r["test/acc"] >= max(2 * r["test/chance_acc"], r["test/chance_acc"] + 25)
     assert json.loads((tmp_path / "videoqa.json").read_text()) == pytest.approx(r)
+    saved = load_config(tmp_path / "config.yaml")  # the config that ran, derived values included
+    assert saved["model"]["num_answers"] == 1 + max(json.loads(Path(syn["video_qa_ans2label"]).read_text()).values())
+    assert saved["train"]["steps"] == 120 and saved["train"]["epochs"] == 0
     preds = json.loads((tmp_path / "videoqa_test_predictions.json").read_text())
     assert len(preds) == 24 and {"question_id", "pred", "label"} <= set(preds[0])
 

@@ -49,6 +49,14 @@ class TaskContext:
     output_dir: Path
     args: argparse.Namespace
 
+    def save_config(self) -> None:
+        """Write ``output_dir/config.yaml`` as the config now stands (rank 0), after a script derived values
+        (``train.steps`` from ``train.epochs``, video QA's ``model.num_answers``): the saved config is the one
+        that runs. Not while a ``--resume`` is pending: :meth:`utils.trainer.Trainer.resume` writes it once the
+        checkpoint fits."""
+        if self.dist.is_main and not getattr(self.args, "resume", None):
+            save_config(self.cfg, self.output_dir)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -66,9 +74,9 @@ def setup_task(args: argparse.Namespace) -> TaskContext:
         cfg["model"]["checkpoint"] = args.checkpoint
     dist_info = init_distributed(args.device or cfg["train"]["device"], timeout=cfg["train"]["dist_timeout"])
     seed_everything(cfg["seed"] + dist_info.rank)
-    if dist_info.is_main and not getattr(args, "resume", None):  # else Trainer.resume writes it, once it fits
-        save_config(cfg, cfg["output_dir"])
-    return TaskContext(cfg, dist_info, load_tokenizer(cfg), Path(cfg["output_dir"]), args)
+    ctx = TaskContext(cfg, dist_info, load_tokenizer(cfg), Path(cfg["output_dir"]), args)
+    ctx.save_config()  # again where a script derives values (TaskContext.save_config)
+    return ctx
 
 
 def report_weights(model: nn.Module, is_main: bool, output_dir: str | Path) -> None:
@@ -114,6 +122,7 @@ def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader,
     """
     train_cfg = ctx.cfg["train"]
     train_cfg["steps"] = steps_for_epochs(ctx.cfg, len(train_loader))
+    ctx.save_config()
     trainer = Trainer(ctx.cfg, model, ctx.dist, fresh_params=getattr(model, "fresh_parameters", None))
     stream = EpochStream(train_loader, "train")
     trainer.track_data(stream)
