@@ -76,6 +76,7 @@ def _train(data: dict, out: Path, launcher: list[str], sizes: list[str], *overri
     return _losses(out)
 
 
+@pytest.mark.slow  # two training runs (~25 s): CI's slow stage
 def test_two_processes_train_like_one_through_the_real_pipeline(data: dict, tmp_path: Path) -> None:
     """Image-text data, ITC + MLM: 4 steps of ``run.py --dist 2`` (per-rank batch 4) give the losses of one
     process (batch 8)."""

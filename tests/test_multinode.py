@@ -17,6 +17,8 @@ from tests.conftest import ROOT
 from tests.test_run import assert_all_gone
 from tests.test_stop import env, finish, log_records, losses, pretrain_args, wait_for_step
 
+pytestmark = pytest.mark.slow  # ~40 s on the 2-core CPU: CI runs it in its slow stage
+
 STEPS = 6
 
 
