@@ -192,6 +192,20 @@ class X2VLM(nn.Module):
         parts (the VQA decoder) override this."""
         return state
 
+    # ------------------------------------------------------------------ training hooks (utils.trainer.TrainingHooks)
+    @property
+    def loss_switches(self) -> dict[str, Any]:
+        """The ``loss`` section the forward follows (which losses run, ``itm_neg_group``), as a copy."""
+        return dict(self.loss_cfg)
+
+    def set_loss_switches(self, switches: dict[str, Any]) -> None:
+        """Follow ``switches`` from the next forward on (a ``train.stages`` entry over the ``loss`` section)."""
+        self.loss_cfg = dict(switches)
+
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after every applied optimizer step: keeps the temperature in range."""
+        self.clamp_temperature()
+
     @torch.no_grad()
     def clamp_temperature(self) -> None:
         """Keep the parameter in [temp_min, temp_max] (the trainer calls this after each step); no-op for a

@@ -212,3 +212,16 @@ def test_count_images_counts_every_task_batch() -> None:
     assert count_images({"image": x}) == 3
     assert count_images({"image0": x, "image1": x}) == 6  # NLVR: two images per sample
     assert count_images({"video": torch.zeros(2, 4, 3, 8, 8), "label": torch.zeros(2)}) == 2  # video QA
+
+
+def test_training_hooks_are_explicit(tiny_model) -> None:
+    """The trainer asks a model only through TrainingHooks: X²-VLM models have them, a plain module does not."""
+    from utils.trainer import TrainingHooks
+    assert isinstance(tiny_model, TrainingHooks) and not isinstance(torch.nn.Linear(2, 2), TrainingHooks)
+    with torch.no_grad():
+        tiny_model.temp.fill_(5.0)
+    tiny_model.after_optimizer_step()
+    assert float(tiny_model.temp) == pytest.approx(tiny_model.cfg["temp_max"])
+    switches = tiny_model.loss_switches
+    tiny_model.set_loss_switches({**switches, "mlm": False})
+    assert tiny_model.loss_switches["mlm"] is False and switches["mlm"] is True  # a copy, not the live dict

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -39,6 +39,20 @@ BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
 """Given the index of the first micro-batch to produce, returns an iterator of batches from there on."""
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@runtime_checkable
+class TrainingHooks(Protocol):
+    """What the trainer may ask of a model beyond ``forward`` (every X²-VLM model has it; any other
+    ``nn.Module`` trains without): the loss switches ``train.stages`` sets, and a call after each applied
+    optimizer step."""
+
+    @property
+    def loss_switches(self) -> dict[str, Any]: ...
+
+    def set_loss_switches(self, switches: dict[str, Any]) -> None: ...
+
+    def after_optimizer_step(self) -> None: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,7 +126,8 @@ class Trainer:
         self._tb = None
         self._data = None
         self._stages = check_stages(cfg, model)
-        self._base_losses = dict(getattr(model, "loss_cfg", {}))
+        self._hooks = model if isinstance(model, TrainingHooks) else None
+        self._base_losses = self._hooks.loss_switches if self._hooks is not None else {}
         self._stage = -1
 
     def track_data(self, source: Any) -> None:
@@ -258,9 +273,9 @@ class Trainer:
                 break
         if index != self._stage:
             self._stage = index
-            self.model.loss_cfg.clear()
-            self.model.loss_cfg.update({**self._base_losses, **self._stages[index].get("loss", {})})
-            self._log({"event": "stage", "stage": index, "step": self.step, "loss": dict(self.model.loss_cfg)})
+            switches = {**self._base_losses, **self._stages[index].get("loss", {})}
+            self._hooks.set_loss_switches(switches)
+            self._log({"event": "stage", "stage": index, "step": self.step, "loss": switches})
 
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
         if self.deepspeed:
@@ -297,9 +312,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        clamp = getattr(self.model, "clamp_temperature", None)
-        if clamp is not None:
-            clamp()
+        if self._hooks is not None:
+            self._hooks.after_optimizer_step()
 
     def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None,
             stop_after: int | None = None) -> dict[str, float]:
@@ -450,13 +464,13 @@ def restart_resume(resume: str | None) -> str | None:
 
 def check_stages(cfg: dict, model: nn.Module) -> list[dict[str, Any]]:
     """``train.stages`` validated: mappings of ``steps`` (> 0) and ``loss`` (switches of the ``loss`` section),
-    steps adding up to ``train.steps``, and a model with loss switches (``loss_cfg``)."""
+    steps adding up to ``train.steps``, and a model with loss switches (:class:`TrainingHooks`)."""
     stages = cfg["train"].get("stages") or []
     if not stages:
         return []
-    if not isinstance(stages, list) or not hasattr(model, "loss_cfg"):
+    if not isinstance(stages, list) or not isinstance(model, TrainingHooks):
         raise ConfigError("train.stages must be a list of {steps, loss} and the model must have loss switches "
-                          "(the pretraining model)")
+                          "(the pretraining model: TrainingHooks)")
     known = set(cfg.get("loss", {}))
     for i, stage in enumerate(stages):
         where = f"train.stages[{i}]"
