@@ -24,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from utils.errors import COLLECTIVE_TIMEOUT_EXIT, USER_ERROR
 from utils.parent_death import PARENT_DIED, become_subreaper, die_with_parent
 
 ROOT = Path(__file__).resolve().parent
-USER_ERROR = 2  # utils.cli.USER_ERROR: a wrong config or path, which a restart does not mend
-#: exit statuses of a task that has said why in one line: a user error, a collective timeout
-#: (utils.dist.COLLECTIVE_TIMEOUT_EXIT) and a stop by SIGHUP / SIGINT / SIGTERM (128 + N)
-REPORTED_EXITS = (USER_ERROR, 124, 128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+#: exit statuses of a task that has said why in one line: a user error, a collective timeout and a stop by
+#: SIGHUP / SIGINT / SIGTERM (128 + N)
+REPORTED_EXITS = (USER_ERROR, COLLECTIVE_TIMEOUT_EXIT, 128 + signal.SIGHUP, 128 + signal.SIGINT,
+                  128 + signal.SIGTERM)
 TASKS = {
     "pretrain": "Pretrain.py",
     "retrieval": "Retrieval.py",

@@ -14,10 +14,7 @@ from typing import Any
 
 from utils.atomic import OutputError
 from utils.config import ConfigError
-from utils.errors import ExitWithMessage
-
-#: exit status of a user error (argparse uses 2 for bad arguments too)
-USER_ERROR = 2
+from utils.errors import USER_ERROR, ExitWithMessage
 
 
 def _hint(error: BaseException) -> str:

@@ -11,11 +11,9 @@ import torch
 import torch.distributed as dist
 
 from utils.config import ConfigError
-from utils.errors import ExitWithMessage
+from utils.errors import COLLECTIVE_TIMEOUT_EXIT, ExitWithMessage
 from utils.parent_death import die_with_parent
 
-#: exit status of a rank whose collective timed out (as coreutils ``timeout``)
-COLLECTIVE_TIMEOUT_EXIT = 124
 _timeout_s: float | None = None  # the process group's collective timeout, as init_distributed set it
 
 

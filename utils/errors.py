@@ -2,6 +2,11 @@
 nothing of ours."""
 from __future__ import annotations
 
+#: exit status of a user error: a wrong config, path or data, which a restart does not mend (argparse uses 2 too)
+USER_ERROR = 2
+#: exit status of a rank whose collective timed out (as coreutils ``timeout``)
+COLLECTIVE_TIMEOUT_EXIT = 124
+
 
 class ExitWithMessage(Exception):
     """An expected end of a run that is no user error, e.g. training stopped by a signal (``utils.trainer.
