@@ -9,19 +9,15 @@ weights as ``output_dir/model.safetensors`` (loadable with ``--checkpoint`` by t
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from dataset import create_pretrain_loader, load_tokenizer
+from dataset import create_pretrain_loader
 from models.checkpoint import save_checkpoint_weights
 from models.x2vlm import X2VLM
-from utils.config import add_config_args, config_from_args, save_config
-from utils.dist import cleanup, init_distributed
+from utils.config import add_config_args
+from utils.dist import cleanup
 from utils.evaluation import format_results, zero_shot_eval
-from utils.task import report_weights
+from utils.task import report_weights, setup_task
 from utils.train_state import write_json_atomic
 from utils.trainer import Trainer
 
@@ -35,22 +31,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def main() -> None:
-    args = parse_args()
-    cfg = config_from_args(args)
-    if args.output_dir:
-        cfg["output_dir"] = args.output_dir
-    dist_info = init_distributed(args.device or cfg["train"]["device"], timeout=cfg["train"]["dist_timeout"])
-    seed_everything(cfg["seed"] + dist_info.rank)
-    if dist_info.is_main and not getattr(args, "resume", None):  # else Trainer.resume writes it, once it fits
-        save_config(cfg, cfg["output_dir"])
-    tokenizer = load_tokenizer(cfg)
+    ctx = setup_task(parse_args())  # config, process group, seeds, tokenizer, config.yaml: as every task script
+    cfg, dist_info, tokenizer = ctx.cfg, ctx.dist, ctx.tokenizer
     model = X2VLM.from_config(cfg)
     report_weights(model, dist_info.is_main, cfg["output_dir"])
     if len(tokenizer) > model.text_encoder.config.vocab_size:
@@ -59,7 +42,7 @@ def main() -> None:
     trainer = Trainer(cfg, model, dist_info, fresh_params=model.fresh_parameters)
     loader = create_pretrain_loader(cfg, dist_info.rank, dist_info.world_size, tokenizer=tokenizer)
     trainer.track_data(loader)  # the data position goes into every checkpoint and comes back on resume
-    trainer.resume(args.resume)
+    trainer.resume(ctx.args.resume)
     last = trainer.fit(lambda start: iter(loader),
                        extra_log=lambda: {"skipped_samples": sum(loader.skipped.values())})
     if dist_info.is_main:
