@@ -30,6 +30,7 @@ from dataset import image_transform, load_tokenizer
 from dataset.io import load_image, to_rgb
 from dataset.text import pre_caption, pre_question
 from models.checkpoint import WEIGHTS_NAME, CheckpointError, LoadReport, check_fits
+from models.tokens import Tokens
 from models.vqa import X2VLMForVQA
 from models.x2vlm import X2VLM
 from utils.box_ops import cxcywh_to_pixels_xyxy
@@ -139,11 +140,11 @@ class X2VLMInference:
 
     # ------------------------------------------------------------------ embeddings and scores
     @torch.no_grad()
-    def _image_tokens(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image_tokens(self, images) -> tuple[Tokens, torch.Tensor]:
         return self.model.encode_image(self.pixels(images))
 
     @torch.no_grad()
-    def _text_tokens(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
+    def _text_tokens(self, texts) -> tuple[Tokens, torch.Tensor]:
         ids, atts = self.tokens(texts)
         return self.model.encode_text(ids, atts), atts
 
@@ -177,7 +178,8 @@ class X2VLMInference:
         text_embeds, text_atts = self._text_tokens(texts)
         b, t = image_embeds.shape[0], text_embeds.shape[0]
         index = torch.arange(b, device=self.device).repeat_interleave(t)
-        logits = self.model.itm_logits(image_embeds, image_atts, text_embeds.repeat(b, 1, 1), text_atts.repeat(b, 1),
+        logits = self.model.itm_logits(image_embeds, image_atts, text_embeds.map(lambda t: t.repeat(b, 1, 1)),
+                                       text_atts.repeat(b, 1),
                                        image_index=index)
         probs = logits.float().softmax(-1)[:, 1].view(b, t)
         return float(probs[0, 0]) if b == t == 1 and isinstance(texts, str) else probs

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from models.tokens import Tokens
 from models.x2vlm import X2VLM
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -79,8 +80,7 @@ class X2VLMForCaptioning(X2VLM):
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
-        if self.fiber:  # under the causal mask FIBER's image stream never reads the text: frozen, not unused
-            self.fusion.image_cross.requires_grad_(False)
+        self.fusion.freeze_unused_for_causal_text()  # FIBER: its image stream never reads a causal text
         self.label_smoothing = 0.1
         self._cls_id: int | None = None
         self._sep_id: int | None = None
@@ -91,7 +91,7 @@ class X2VLMForCaptioning(X2VLM):
         self._pos_offset = emb.padding_idx + 1 if "roberta" in type(emb).__name__.lower() else 0
 
     def caption_states(self, ids: torch.Tensor, position_ids: torch.Tensor, attn: torch.Tensor,
-                       image_embeds: torch.Tensor, image_atts: torch.Tensor | None = None) -> torch.Tensor:
+                       image_embeds: Tokens, image_atts: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion output ``(B, L, H)`` with the text and fusion self-attention under ``attn`` ``(B, 1, L, L)``."""
         text_mask = attn if _TRANSFORMERS_MAJOR >= 5 else attn[:, 0].long()  # 4.x takes (B, L, L) 0/1 masks
         text = self.text_tokens(input_ids=ids, attention_mask=text_mask, position_ids=position_ids + self._pos_offset)
@@ -120,7 +120,7 @@ class X2VLMForCaptioning(X2VLM):
         if self._cls_id is None or self._sep_id is None or self._mask_id is None:
             raise RuntimeError("call set_special_tokens(tokenizer) first: the model needs [CLS], [SEP] and [MASK]")
 
-    def next_token_logprobs(self, image_embeds: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    def next_token_logprobs(self, image_embeds: Tokens, prefix: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``(N, V)`` of the token after ``prefix`` ``(N, L)`` (a ``[MASK]`` is appended)."""
         n, length = prefix.shape
         ids = torch.cat([prefix, prefix.new_full((n, 1), self._mask_id)], dim=1)

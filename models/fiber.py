@@ -14,21 +14,22 @@ With every gate at 0 a fused layer computes exactly the plain backbone layer, so
 retrieval candidates) is simply the backbones as they are. Here the backbones are the project's BEiT-2 and
 Hugging Face text encoders; the layers are wrapped by composition (their own submodules are called), not copied.
 
-Layout in this project (so that the task scripts and the trainer run unchanged):
+Layout in this project (so that the task scripts and the trainer run unchanged): :class:`FiberFusion` implements
+the :class:`~models.fusion_interface.Fusion` interface.
 
-* ``X2VLM.encode_image`` / ``encode_text`` run the backbones once, uni-modally, and return
-  ``[final tokens ‖ tokens entering the top K layers]`` concatenated on the feature axis (width 2·D). Per-token
-  operations (row selection, region concepts, the mean over video frames) act on both halves alike;
-  ``image_features`` / ``text_features`` read the first half.
-* ``X2VLM.fuse`` → :class:`FiberFusion`: re-runs the top K layers of both backbones from the second halves with
-  the cross-attentions on, and returns the fused text tokens (for the ITM, MLM, box, VQA and captioning heads).
+* ``encode_vision`` / ``encode_text`` run the backbones once, uni-modally, and return
+  :class:`~models.tokens.Tokens` with ``final`` (the backbone output: ITC features, uni-modal heads) and
+  ``state`` (the tokens entering the top K layers). Row operations (selection, region concepts, the mean over
+  video frames) act on both alike.
+* ``fuse`` re-runs the top K layers of both backbones from the states with the cross-attentions on, and returns
+  the fused text tokens (for the ITM, MLM, box, VQA and captioning heads).
 
 Deviations from FIBER, all because the project's heads read fused *text* tokens only: (1) FIBER updates the
 two streams in parallel and pools both into its ITM/VQA heads; here layer k runs the vision block first and the
 text layer then reads the updated image stream, so every image-side cross-attention reaches the output;
 (2) under a causal or custom text mask (captioning) the image stream does not read the text (no leak of future
 tokens) and runs its top K blocks uni-modally, as FIBER's captioning, whose image side is not fused.
-Region concepts (``region_concepts``) also overwrite position 0 of the second half with the box's patch mean.
+Region concepts (``region_concepts``) also overwrite position 0 of the state with the box's patch mean.
 
 Boxes (pretraining's box loss, grounding) come from the fused *image* stream, not the text [CLS]
 (:class:`FiberBoxHead`): FIBER's fine stage predicts boxes from the fused image features and scores them by their
@@ -47,7 +48,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.fusion import attention_mask
+from models.fusion_interface import Backbones, Fusion
 from models.heads import build_mlp
+from models.tokens import Tokens
 from utils.box_ops import xyxy_to_cxcywh
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -125,7 +128,7 @@ def vision_block_step(block: nn.Module, x: torch.Tensor, cross: GatedCrossAttent
     return x + block.drop_path2(m if block.gamma_2 is None else block.gamma_2 * m)
 
 
-class FiberFusion(nn.Module):
+class FiberFusion(Fusion):
     """The gated cross-attentions of the top ``num_layers`` text layers (``text_cross.{k}``, text queries,
     vision keys/values) and vision blocks (``image_cross.{k}``); the backbones' own layers are passed in at
     call time (they stay registered once, under ``vision_encoder`` / ``text_encoder``)."""
@@ -133,7 +136,6 @@ class FiberFusion(nn.Module):
     def __init__(self, num_layers: int, text_hidden: int, text_heads: int, vision_width: int, vision_heads: int,
                  text_eps: float = 1e-12, vision_eps: float = 1e-6, dropout: float = 0.0, attn_dropout: float = 0.0):
         super().__init__()
-        self.num_layers = num_layers
         self.text_cross = nn.ModuleList([
             GatedCrossAttention(text_hidden, vision_width, text_heads, False, text_eps, dropout, attn_dropout)
             for _ in range(num_layers)])
@@ -145,10 +147,30 @@ class FiberFusion(nn.Module):
     #: every weight of this module is a cross-attention (the backbones' own layers hold the rest)
     CROSS_ATTENTION_KEYS = r"(?:text|image)_cross\..+"
 
+    @classmethod
+    def from_config(cls, model_cfg: dict, text_config) -> FiberFusion:
+        v, tc = model_cfg["vision"], text_config
+        return cls(num_layers=fiber_layers(model_cfg, v["depth"], tc.num_hidden_layers), text_hidden=tc.hidden_size,
+                   text_heads=tc.num_attention_heads, vision_width=v["width"], vision_heads=v["heads"],
+                   text_eps=tc.layer_norm_eps, dropout=tc.hidden_dropout_prob,
+                   attn_dropout=tc.attention_probs_dropout_prob)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.text_cross)
+
     def init_from_text(self, text_layers: nn.ModuleList) -> list[str]:
         """Nothing to copy: the fused layers *are* the text encoder's top layers (the X²-VLM fusion copies its
         self-attention and FFN from them). Returns no key."""
         return []
+
+    def decoder_start_layers(self, text_depth: int) -> list[str]:
+        """The fused top text layers of the text encoder."""
+        return [f"text_encoder.encoder.layer.{text_depth - self.num_layers + j}." for j in range(self.num_layers)]
+
+    def freeze_unused_for_causal_text(self) -> None:
+        """Under a causal text mask the image stream never reads the text: its cross-attentions are frozen."""
+        self.image_cross.requires_grad_(False)
 
     def gates(self) -> dict[str, float]:
         """Current gate values, ``{"text.k": alpha, "image.k": alpha}`` (for logs and tests)."""
@@ -156,23 +178,45 @@ class FiberFusion(nn.Module):
         out.update({f"image.{k}": float(m.gate) for k, m in enumerate(self.image_cross)})
         return out
 
+    # ------------------------------------------------------------------ the interface's passes
+    def encode_vision(self, backbones: Backbones, images: torch.Tensor) -> Tokens:
+        """The final tokens and the state entering the top K blocks, from one pass."""
+        final, state = backbones.vision.forward_with_state(images, len(backbones.vision.blocks) - self.num_layers)
+        return Tokens(final, state)
+
+    def encode_text(self, backbones: Backbones, **inputs) -> Tokens:
+        """The last hidden state and the hidden state entering the top K layers, from one pass."""
+        out = backbones.text(**inputs, output_hidden_states=True)
+        return Tokens(out.last_hidden_state, out.hidden_states[len(out.hidden_states) - 1 - self.num_layers])
+
+    def fuse(self, backbones: Backbones, image: Tokens, image_atts: torch.Tensor | None, text: Tokens,
+             text_atts: torch.Tensor | None, causal: bool = False, image_index: torch.Tensor | None = None,
+             text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self(_state(text), text_atts, _state(image), image_atts, causal=causal, vision_index=image_index,
+                    backbones=backbones, text_mask=text_mask)
+
+    def build_box_head(self, vision_width: int, text_width: int) -> nn.Module:
+        return FiberBoxHead(vision_width, text_width)
+
+    def boxes_and_scores(self, backbones: Backbones, head: nn.Module, image: Tokens, text: Tokens,
+                         text_atts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the fused image stream (:class:`FiberBoxHead`) and the fused text [CLS]."""
+        fused_text, fused_image = self(_state(text), text_atts, _state(image), None, backbones=backbones,
+                                       return_image=True)
+        return head(fused_image, fused_text[:, 0])
+
     def forward(self, text: torch.Tensor, text_atts: torch.Tensor | None, vision: torch.Tensor,
                 vision_atts: torch.Tensor | None, causal: bool = False, vision_index: torch.Tensor | None = None,
-                *, vision_encoder: nn.Module, text_encoder: nn.Module, text_mask: torch.Tensor | None = None,
+                *, backbones: Backbones, text_mask: torch.Tensor | None = None,
                 return_image: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Fused text tokens ``(B, Lt, H)``; with ``return_image`` also the fused image tokens ``(B, Lv, Dv)``
         (after the vision encoder's head: [mean of patches, patches]).
 
-        ``text`` (B, Lt, 2H) and ``vision`` (B or U, Lv, 2Dv) as ``encode_text`` / ``encode_image`` return them;
+        ``text`` (B, Lt, H) and ``vision`` (B or U, Lv, Dv) are the backbone states (``Tokens.state``);
         ``vision_atts`` masks the visual keys (region concepts); ``vision_index`` (B,) names text row i's visual
         input; ``causal`` or a boolean ``text_mask`` (B, 1, Lt, Lt) replaces the padding mask of the text
         self-attention, and then the image stream does not read the text."""
-        h, dv, k = text.shape[-1] // 2, vision.shape[-1] // 2, self.num_layers
-        if text.shape[-1] != 2 * text_encoder.config.hidden_size or 2 * vision_encoder.width != vision.shape[-1]:
-            raise ValueError(f"FIBER fuse takes encode_text / encode_image outputs ([final | state], widths "
-                             f"{2 * text_encoder.config.hidden_size} / {2 * vision_encoder.width}); got "
-                             f"{text.shape[-1]} / {vision.shape[-1]}")
-        t, v = text[..., h:], vision[..., dv:]
+        t, v, k = text, vision, self.num_layers
         read_text = text_mask is None and not causal
         if text_mask is None:
             atts = text_atts if text_atts is not None else text.new_ones(text.shape[:2], dtype=torch.long)
@@ -183,6 +227,7 @@ class FiberFusion(nn.Module):
             vision_index = None
         text_keys = attention_mask(text_atts, v.shape[1]) if text_atts is not None else None
         vision_keys = attention_mask(vision_atts, t.shape[1])
+        vision_encoder, text_encoder = backbones
         rel_pos_bias = vision_encoder.rel_pos_bias() if vision_encoder.rel_pos_bias is not None else None
         blocks = vision_encoder.blocks[len(vision_encoder.blocks) - k:]
         layers = text_encoder.encoder.layer[len(text_encoder.encoder.layer) - k:]
@@ -198,6 +243,13 @@ class FiberFusion(nn.Module):
                 v = vision_block_step(blocks[j], v, image_cross, text_in, text_keys, rel_pos_bias)
                 t = text_layer_step(layers[j], t, text_mask, text_cross, v, vision_keys, vision_index)
         return (t, vision_encoder.head(v)) if return_image else t
+
+
+def _state(tokens: Tokens) -> torch.Tensor:
+    if tokens.state is None:
+        raise ValueError("FIBER fuses from the backbone states: pass tokens from this model's encode_image / "
+                         "encode_video / encode_text (these have no state)")
+    return tokens.state
 
 
 class FiberBoxHead(nn.Module):

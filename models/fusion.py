@@ -1,6 +1,8 @@
 """Fusion encoder: BERT-shaped layers of self-attention, cross-attention (text → vision) and FFN.
 
-Parameter names follow a BERT layer with ``crossattention`` (as the official fusion layers
+:class:`FusionEncoder` is the layer stack (also the VQA answer decoder's body); :class:`X2VLMFusion` is X²-VLM's
+fusion after the encoders (``model.architecture: x2vlm``), the :class:`~models.fusion_interface.Fusion` on top
+of it. Parameter names follow a BERT layer with ``crossattention`` (as the official fusion layers
 ``text_encoder.bert.encoder.layer.{12..17}``), so those weights load one-to-one.
 All attention runs through ``torch.nn.functional.scaled_dot_product_attention``.
 """
@@ -11,6 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
+
+from models.fusion_interface import Backbones, Fusion
+from models.heads import build_mlp
+from models.tokens import Tokens
 
 
 def attention_mask(key_mask: torch.Tensor | None, query_len: int, causal: bool = False) -> torch.Tensor | None:
@@ -155,3 +161,43 @@ class FusionEncoder(nn.Module):
             else:
                 text = layer(text, text_mask, vision, vision_mask, vision_index)
         return text
+
+
+class X2VLMFusion(FusionEncoder, Fusion):
+    """X²-VLM's fusion: ``model.fusion.layers`` :class:`FusionLayer` after the two encoders, sized like the text
+    encoder; the box comes from the fused text [CLS]. Tokens carry no backbone state."""
+
+    CROSS_ATTENTION_KEYS = FusionEncoder.CROSS_ATTENTION_KEYS
+
+    @classmethod
+    def from_config(cls, model_cfg: dict, text_config) -> X2VLMFusion:
+        tc = text_config
+        return cls(num_layers=model_cfg["fusion"]["layers"], hidden=tc.hidden_size, heads=tc.num_attention_heads,
+                   inner=tc.intermediate_size, vision_width=model_cfg["vision"]["width"], eps=tc.layer_norm_eps,
+                   dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer)
+
+    def encode_vision(self, backbones: Backbones, images: torch.Tensor) -> Tokens:
+        return Tokens(backbones.vision(images))
+
+    def encode_text(self, backbones: Backbones, **inputs) -> Tokens:
+        return Tokens(backbones.text(**inputs).last_hidden_state)
+
+    def fuse(self, backbones: Backbones, image: Tokens, image_atts: torch.Tensor | None, text: Tokens,
+             text_atts: torch.Tensor | None, causal: bool = False, image_index: torch.Tensor | None = None,
+             text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self(text.final, text_atts, image.final, image_atts, causal=causal, vision_index=image_index,
+                    text_mask=text_mask)
+
+    def build_box_head(self, vision_width: int, text_width: int) -> nn.Module:
+        return build_mlp(text_width, 4)
+
+    def boxes_and_scores(self, backbones: Backbones, head: nn.Module, image: Tokens, text: Tokens,
+                         text_atts: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        return head(self.fuse(backbones, image, None, text, text_atts)[:, 0]).sigmoid(), None
+
+    def decoder_start_layers(self, text_depth: int) -> list[str]:
+        return [f"fusion.layer.{j}." for j in range(self.num_layers)]

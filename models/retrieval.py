@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from models import losses as L
+from models.tokens import Tokens
 from models.x2vlm import X2VLM
 
 
@@ -21,7 +22,7 @@ class X2VLMForRetrieval(X2VLM):
 
     heads = ("itc", "itm")
 
-    def encode_visual(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_visual(self, pixels: torch.Tensor) -> tuple[Tokens, torch.Tensor]:
         """Whole-image tokens and mask; 5-D input is a batch of videos."""
         return self.encode_video(pixels) if pixels.ndim == 5 else self.encode_image(pixels)
 

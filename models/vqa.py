@@ -40,11 +40,10 @@ from models.x2vlm import X2VLM
 _ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
-def decoder_layers(model_cfg: dict) -> int:
-    """Answer-decoder depth: ``model.decoder.layers`` where the config has it, else ``model.fusion.layers``
-    (the official recipes: ``num_dec_layers`` 6 = the fusion layers; FIBER: ``model.fiber.layers``)."""
-    fused = model_cfg["fiber"]["layers"] if model_cfg.get("architecture") == "fiber" else model_cfg["fusion"]["layers"]
-    return int((model_cfg.get("decoder") or {}).get("layers") or fused)
+def decoder_layers(model_cfg: dict, fused_layers: int) -> int:
+    """Answer-decoder depth: ``model.decoder.layers`` where the config has it, else the number of fused layers
+    (the official recipes: ``num_dec_layers`` 6 = the fusion layers)."""
+    return int((model_cfg.get("decoder") or {}).get("layers") or fused_layers)
 
 
 class DecoderEmbeddings(nn.Module):
@@ -119,7 +118,8 @@ class X2VLMForVQA(X2VLM):
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
-        self.text_decoder = AnswerDecoder(self.text_encoder.config, decoder_layers(model_cfg), self.text_width)
+        self.text_decoder = AnswerDecoder(self.text_encoder.config, decoder_layers(model_cfg, self.fusion.num_layers),
+                                          self.text_width)
         if model_cfg.get("grad_checkpointing"):
             self.set_grad_checkpointing(True)
         self.decoder_init: list[str] = []  # decoder keys the official init wrote
@@ -154,14 +154,10 @@ class X2VLMForVQA(X2VLM):
 
     def _decoder_sources(self) -> list[str]:
         """Key prefixes (our layout) of the layers decoder layer i starts from: all fusion layers, or the odd
-        ones for a decoder of half the depth (official ``num_dec_layers``); FIBER: its fused top text layers."""
+        ones for a decoder of half the depth (official ``num_dec_layers``); the fused layers are the fusion's
+        (:meth:`~models.fusion_interface.Fusion.decoder_start_layers`; FIBER: its fused top text layers)."""
         n_dec = len(self.text_decoder.layers)
-        if self.fiber:
-            n_text = len(self.text_encoder.encoder.layer)
-            fusion = [f"text_encoder.encoder.layer.{n_text - self.fusion.num_layers + j}." for j in
-                      range(self.fusion.num_layers)]
-        else:
-            fusion = [f"fusion.layer.{j}." for j in range(len(self.fusion.layer))]
+        fusion = self.fusion.decoder_start_layers(len(self.text_encoder.encoder.layer))
         if n_dec == len(fusion):
             return fusion
         if n_dec == len(fusion) // 2:
@@ -214,10 +210,7 @@ class X2VLMForVQA(X2VLM):
     def question_states(self, images: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor
                         ) -> torch.Tensor:
         """Fusion output ``(B, Lq, H)`` of image (or video frames) and question."""
-        if images.ndim == 5:
-            image_embeds, image_atts = self.encode_video(images)
-        else:
-            image_embeds, image_atts = self.encode_image(images)
+        image_embeds, image_atts = self.encode_video(images) if images.ndim == 5 else self.encode_image(images)
         return self.fuse(image_embeds, image_atts, self.encode_text(text_ids, text_atts), text_atts)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401

@@ -1,8 +1,9 @@
 """X²-VLM: BEiT-2 vision encoder, text encoder, cross-attention fusion, and the pretraining heads.
 
-``model.architecture`` picks the fusion: ``x2vlm`` (fusion layers after the encoders, models/fusion.py) or
-``fiber`` (gated cross-attention inside the top layers of both backbones, models/fiber.py); every method the
-task scripts call works for both.
+``model.architecture`` picks the fusion by name (models/fusions.py): ``x2vlm`` (fusion layers after the encoders,
+models/fusion.py) or ``fiber`` (gated cross-attention inside the top layers of both backbones, models/fiber.py).
+The model talks to it only through :class:`~models.fusion_interface.Fusion`, and the encoders return
+:class:`~models.tokens.Tokens`, so every method here and in the task models works for both unchanged.
 
 Pretraining batch (all tensors; N texts, B images, optional Bv videos):
 
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import losses as L
-from models.fiber import FiberBoxHead, FiberFusion, fiber_layers
-from models.fusion import FusionEncoder
+from models.fusion_interface import Backbones
+from models.fusions import build_fusion
 from models.heads import MLMHead, build_mlp
 from models.text import build_text_encoder, swap_mode
+from models.tokens import Tokens
 from models.vision import BEiT2VisionEncoder, box_patch_mask, region_concepts
 from models.weight_init import bert_init_
 
@@ -60,20 +62,8 @@ class X2VLM(nn.Module):
         tc = self.text_encoder.config
         self.text_width = tc.hidden_size
         self.vision_width = v["width"]
-        self.architecture = model_cfg.get("architecture", "x2vlm")
-        if self.architecture == "x2vlm":
-            self.fusion = FusionEncoder(
-                num_layers=model_cfg["fusion"]["layers"], hidden=tc.hidden_size, heads=tc.num_attention_heads,
-                inner=tc.intermediate_size, vision_width=self.vision_width, eps=tc.layer_norm_eps,
-                dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
-        elif self.architecture == "fiber":  # cross-attention inside the top layers of both backbones
-            k = fiber_layers(model_cfg, v["depth"], tc.num_hidden_layers)
-            self.fusion = FiberFusion(
-                num_layers=k, text_hidden=tc.hidden_size, text_heads=tc.num_attention_heads,
-                vision_width=self.vision_width, vision_heads=v["heads"], text_eps=tc.layer_norm_eps,
-                dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob)
-        else:
-            raise ValueError(f"model.architecture must be 'x2vlm' or 'fiber', got '{self.architecture}'")
+        self.architecture = model_cfg["architecture"]
+        self.fusion = build_fusion(model_cfg, tc)
         unknown = set(self.heads) - set(HEAD_BUILDERS)
         if unknown:
             raise ValueError(f"unknown heads {sorted(unknown)}; known: {', '.join(HEAD_BUILDERS)}")
@@ -225,102 +215,77 @@ class X2VLM(nn.Module):
         return self.vision_encoder.grid_size
 
     @property
-    def fiber(self) -> bool:
-        return self.architecture == "fiber"
+    def backbones(self) -> Backbones:
+        return Backbones(self.vision_encoder, self.text_encoder)
 
-    def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """The vision encoder's tokens ``(B, 1+P, D)``; FIBER: ``[final ‖ state entering the top K blocks]``
-        ``(B, 1+P, 2D)`` from the same single pass (see models/fiber.py)."""
-        if not self.fiber:
-            return self.vision_encoder(images)
-        final, state = self.vision_encoder.forward_with_state(images, self.cfg["vision"]["depth"]
-                                                              - self.fusion.num_layers)
-        return torch.cat([final, state], dim=-1)
-
-    def text_tokens(self, **inputs: Any) -> torch.Tensor:
-        """The text encoder's last hidden state for ``inputs`` (HF keyword arguments); FIBER:
-        ``[last ‖ hidden state entering the top K layers]`` ``(B, L, 2H)``."""
-        if not self.fiber:
-            return self.text_encoder(**inputs).last_hidden_state
-        out = self.text_encoder(**inputs, output_hidden_states=True)
-        state = out.hidden_states[len(out.hidden_states) - 1 - self.fusion.num_layers]
-        return torch.cat([out.last_hidden_state, state], dim=-1)
-
-    def _unimodal(self, embeds: torch.Tensor, width: int) -> torch.Tensor:
-        """The uni-modal final tokens of an ``encode_*`` output (FIBER: its first half)."""
-        return embeds[..., :width] if self.fiber else embeds
+    def text_tokens(self, **inputs: Any) -> Tokens:
+        """The text encoder's tokens for ``inputs`` (Hugging Face keyword arguments: ids, masks, positions)."""
+        return self.fusion.encode_text(self.backbones, **inputs)
 
     def encode_image(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
-                     image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     image_index: torch.Tensor | None = None) -> tuple[Tokens, torch.Tensor]:
         """One vision pass. Without boxes: whole-image tokens ``(B, 1+P, D)`` and all-ones mask.
         With ``boxes`` (N, 4) normalised (cx, cy, w, h): the boxes' concepts ``(N, 1+P, D)`` and their
         patch masks; ``image_index`` (N,) names each box's image (default: box i in image i)."""
-        embeds = self._vision_tokens(images)
+        embeds = self.fusion.encode_vision(self.backbones, images)
         if boxes is None:
-            return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        return region_concepts(embeds, box_patch_mask(boxes, self.grid_size), image_index)
+            return embeds, _all_ones(embeds)
+        return _region_concepts(embeds, box_patch_mask(boxes, self.grid_size), image_index)
 
-    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_video(self, frames: torch.Tensor) -> tuple[Tokens, torch.Tensor]:
         """Frames ``(B, T, 3, H, W)`` → encoded separately, temporal embedding added, mean over time."""
         if frames.ndim != 5:
             raise ValueError(f"video frames must be (B, T, C, H, W), got {tuple(frames.shape)}")
         b, t = frames.shape[:2]
-        embeds = self._vision_tokens(frames.flatten(0, 1)).unflatten(0, (b, t))
+        embeds = self.fusion.encode_vision(self.backbones, frames.flatten(0, 1)).map(lambda x: x.unflatten(0, (b, t)))
         if self.absolute_frame_pos_embed is not None:
             if t > self.absolute_frame_pos_embed.shape[1]:
                 raise ValueError(f"{t} frames but model.max_frames is {self.absolute_frame_pos_embed.shape[1]}")
             frame_pos = self.absolute_frame_pos_embed[:, :t]
-            embeds = embeds + frame_pos.repeat(1, 1, 1, embeds.shape[-1] // frame_pos.shape[-1])
-        embeds = embeds.mean(dim=1)
-        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            embeds = embeds.map(lambda x: x + frame_pos)
+        embeds = embeds.map(lambda x: x.mean(dim=1))
+        return embeds, _all_ones(embeds)
 
-    def encode_text(self, ids: torch.Tensor, atts: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, ids: torch.Tensor, atts: torch.Tensor) -> Tokens:
         return self.text_tokens(input_ids=ids, attention_mask=atts)
 
-    def fuse(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None, text_embeds: torch.Tensor,
+    def fuse(self, image_embeds: Tokens, image_atts: torch.Tensor | None, text_embeds: Tokens,
              text_atts: torch.Tensor | None, causal: bool = False,
              image_index: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion output ``(B, Lt, H)``: text queries attend to the visual concept's tokens (row
         ``image_index[i]`` of ``image_embeds`` for text i when given, else row i). ``text_mask`` (B, 1, Lt, Lt)
-        boolean replaces the text self-attention mask (captioning); FIBER re-runs the backbones' top layers."""
-        if self.fiber:
-            return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal,
-                               vision_index=image_index, text_mask=text_mask,
-                               vision_encoder=self.vision_encoder, text_encoder=self.text_encoder)
-        return self.fusion(text_embeds, text_atts, image_embeds, image_atts, causal=causal, vision_index=image_index,
-                           text_mask=text_mask)
+        boolean replaces the text self-attention mask (captioning). See :meth:`Fusion.fuse`."""
+        return self.fusion.fuse(self.backbones, image_embeds, image_atts, text_embeds, text_atts, causal=causal,
+                                image_index=image_index, text_mask=text_mask)
 
-    def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_proj(self._unimodal(image_embeds, self.vision_width)[:, 0]), dim=-1)
+    def image_features(self, image_embeds: Tokens) -> torch.Tensor:
+        """L2-normalised ITC features ``(B, E)`` of the uni-modal [CLS]."""
+        return F.normalize(self.vision_proj(image_embeds.final[:, 0]), dim=-1)
 
-    def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(self._unimodal(text_embeds, self.text_width)[:, 0]), dim=-1)
+    def text_features(self, text_embeds: Tokens) -> torch.Tensor:
+        """L2-normalised ITC features ``(B, E)`` of the uni-modal [CLS]."""
+        return F.normalize(self.text_proj(text_embeds.final[:, 0]), dim=-1)
 
-    def itm_logits(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None,
-                   text_embeds: torch.Tensor, text_atts: torch.Tensor | None,
+    def itm_logits(self, image_embeds: Tokens, image_atts: torch.Tensor | None,
+                   text_embeds: Tokens, text_atts: torch.Tensor | None,
                    image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Match / no-match logits ``(B, 2)`` (index 1 = match); ``image_index`` as in :meth:`fuse`."""
         fused = self.fuse(image_embeds, image_atts, text_embeds, text_atts, image_index=image_index)
         return self.itm_head(fused[:, 0])
 
-    def predict_boxes(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-                      text_atts: torch.Tensor | None) -> torch.Tensor:
+    def predict_boxes(self, image_embeds: Tokens, text_embeds: Tokens, text_atts: torch.Tensor | None) -> torch.Tensor:
         """Box ``(B, 4)`` normalised (cx, cy, w, h) of the text's referent, from whole-image tokens."""
         return self._boxes_and_scores(image_embeds, text_embeds, text_atts)[0]
 
-    def _boxes_and_scores(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-                          text_atts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Predicted boxes and (FIBER) the text–patch alignment scores ``(B, P)`` (``None`` for X²-VLM)."""
-        if self.fiber:
-            text, image = self.fusion(text_embeds, text_atts, image_embeds, None, return_image=True,
-                                      vision_encoder=self.vision_encoder, text_encoder=self.text_encoder)
-            return self.bbox_head(image, text[:, 0])
-        return self.bbox_head(self.fuse(image_embeds, None, text_embeds, text_atts)[:, 0]).sigmoid(), None
+    def _boxes_and_scores(self, image_embeds: Tokens, text_embeds: Tokens, text_atts: torch.Tensor | None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.fusion.boxes_and_scores(self.backbones, self.bbox_head, image_embeds, text_embeds, text_atts)
 
-    def box_losses(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_atts: torch.Tensor | None,
+    def box_losses(self, image_embeds: Tokens, text_embeds: Tokens, text_atts: torch.Tensor | None,
                    target: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``loss_bbox`` (L1) and ``loss_giou`` of the predicted boxes against ``target`` (N, 4) (cx, cy, w, h),
-        over the rows where ``weight`` (N,) is 1; FIBER adds ``loss_align``, the patch alignment loss."""
+        over the rows where ``weight`` (N,) is 1, and ``loss_align`` (the patch alignment loss) where the box head
+        scores patches (FIBER's)."""
         pred, scores = self._boxes_and_scores(image_embeds, text_embeds, text_atts)
         out = dict(zip(("loss_bbox", "loss_giou"), L.bbox_loss(pred, target, weight), strict=True))
         if scores is not None:
@@ -334,14 +299,14 @@ class X2VLM(nn.Module):
         return self.mlm_head(picked)
 
     # ------------------------------------------------------------------ pretraining
-    def visual_concepts(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def visual_concepts(self, batch: dict[str, Any]) -> tuple[Tokens, torch.Tensor, Tokens]:
         """Concept tokens and masks of every text, plus the whole-image tokens, from one vision pass."""
         pool = []
         if batch.get("images") is not None:
-            pool.append(self._vision_tokens(batch["images"]))
+            pool.append(self.encode_image(batch["images"])[0])
         if batch.get("videos") is not None:
             pool.append(self.encode_video(batch["videos"])[0])
-        full = torch.cat(pool, dim=0)
+        full = Tokens.cat(pool)
         n = batch["text_ids"].shape[0]
         index = batch.get("image_index")
         if index is None:
@@ -349,12 +314,12 @@ class X2VLM(nn.Module):
         full = full.index_select(0, index)
         boxes = batch.get("boxes")
         if boxes is None:
-            return full, torch.ones(full.shape[:2], dtype=torch.long, device=full.device), full
+            return full, _all_ones(full), full
         mask = box_patch_mask(boxes, self.grid_size)
         is_region = batch.get("is_region")
         if is_region is not None:
             mask = torch.where(is_region[:, None].bool(), mask, torch.ones_like(mask))
-        concepts, mask = region_concepts(full, mask)
+        concepts, mask = _region_concepts(full, mask)
         return concepts, mask, full
 
     def forward_pretrain(self, batch: dict[str, Any], generator: torch.Generator | None = None
@@ -405,7 +370,7 @@ class X2VLM(nn.Module):
         # keys/values are projected once, not once per pair
         own = torch.arange(n, device=neg_image.device)
         pair_image = torch.cat([own, neg_image, own])
-        text = torch.cat([text_embeds, text_embeds, text_embeds.index_select(0, neg_text)])
+        text = Tokens.cat([text_embeds, text_embeds, text_embeds.index_select(0, neg_text)])
         t_atts = torch.cat([text_atts, text_atts, text_atts.index_select(0, neg_text)])
         logits = self.itm_logits(concepts, concept_atts, text, t_atts, image_index=pair_image)
         return L.itm_loss(logits, L.itm_labels(n, valid_t, valid_i))
@@ -429,10 +394,19 @@ def _mlm_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
 
 
 def _bbox_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
-    # X²-VLM: box from the fusion [CLS]; FIBER: from the fused image patches, weighted by text alignment
-    head = (FiberBoxHead(model.vision_width, model.text_width) if model.architecture == "fiber"
-            else build_mlp(model.text_width, 4))
-    return {"bbox_head": head}
+    # the fusion's own (X²-VLM: box from the fused text [CLS]; FIBER: from the fused image patches)
+    return {"bbox_head": model.fusion.build_box_head(model.vision_width, model.text_width)}
+
+
+def _all_ones(tokens: Tokens) -> torch.Tensor:
+    """The attention mask ``(B, L)`` of tokens with no padding."""
+    return torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+
+
+def _region_concepts(tokens: Tokens, patch_mask: torch.Tensor, image_index: torch.Tensor | None = None
+                     ) -> tuple[Tokens, torch.Tensor]:
+    """:func:`models.vision.region_concepts` on every part of ``tokens``: the boxes' concepts and masks."""
+    return tokens.map(lambda t: region_concepts(t, patch_mask, image_index)[0]), patch_mask
 
 
 #: the optional heads by name (``X2VLM.heads``), in build order: builder(model, model config) → {attribute: module}

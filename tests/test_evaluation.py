@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dataset.tasks import collate_dict
+from models.tokens import Tokens
 from utils.dist import DistInfo
 from utils.evaluation import (
     evaluate_grounding,
@@ -52,16 +53,16 @@ class StubRetrievalModel(nn.Module):
         self.itm_pairs = []  # (pairs, distinct images) of each ITM call
 
     def encode_image(self, images):
-        return images[:, None, :], torch.ones(images.shape[0], 1, dtype=torch.long)
+        return Tokens(images[:, None, :]), torch.ones(images.shape[0], 1, dtype=torch.long)
 
     def image_features(self, embeds):
-        return embeds[:, 0]
+        return embeds.final[:, 0]
 
     def encode_text(self, ids, atts):
-        return ids[:, :1, None].float()  # (N, 1, 1): the text id
+        return Tokens(ids[:, :1, None].float())  # (N, 1, 1): the text id
 
     def text_features(self, embeds):
-        return SIMS[:, embeds[:, 0, 0].long()].t()
+        return SIMS[:, embeds.final[:, 0, 0].long()].t()
 
     def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
         assert not self.training
@@ -69,7 +70,7 @@ class StubRetrievalModel(nn.Module):
         self.itm_pairs.append((text_embeds.shape[0], image_embeds.shape[0]))
         if image_index is not None:
             image_embeds = image_embeds[image_index]
-        score = ITM[image_embeds[:, 0].argmax(1), text_embeds[:, 0, 0].long()]
+        score = ITM[image_embeds.final[:, 0].argmax(1), text_embeds.final[:, 0, 0].long()]
         return torch.stack([-score, score], dim=1)
 
 
@@ -181,13 +182,13 @@ class StubGroundingModel(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def encode_image(self, images):
-        return images[:, None, :], torch.ones(images.shape[0], 1, dtype=torch.long)
+        return Tokens(images[:, None, :]), torch.ones(images.shape[0], 1, dtype=torch.long)
 
     def encode_text(self, ids, atts):
-        return torch.zeros(ids.shape[0], ids.shape[1], 4)
+        return Tokens(torch.zeros(ids.shape[0], ids.shape[1], 4))
 
     def predict_boxes(self, image_embeds, text_embeds, text_atts):
-        return image_embeds[:, 0]
+        return image_embeds.final[:, 0]
 
 
 # (predicted normalised cx, cy, w, h; ground truth pixel x, y, w, h; image W, H; IoU)
@@ -260,7 +261,7 @@ def test_zero_shot_eval_end_to_end(syn):
         txt = model.encode_text(ids["input_ids"], ids["attention_mask"])
         for row, i in enumerate((0, 5)):
             t = top[i]
-            logits = model.itm_logits(img[row:row + 1].expand(3, -1, -1), img_atts[row:row + 1].expand(3, -1),
+            logits = model.itm_logits(img[[row] * 3], img_atts[row:row + 1].expand(3, -1),
                                       txt[t], ids["attention_mask"][t])
             torch.testing.assert_close(s_i2t[i, t], logits[:, 1], rtol=1e-4, atol=1e-5)
 

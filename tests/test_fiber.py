@@ -54,26 +54,27 @@ def test_unimodal_pass_is_the_plain_backbones_and_zero_gates_fuse_to_them(cfg, t
     text = model.encode_text(b["text_ids"], b["text_atts"])
     plain_image, _ = plain.encode_image(b["images"])
     plain_text = plain.encode_text(b["text_ids"], b["text_atts"])
-    assert image.shape[-1] == 2 * plain_image.shape[-1] and text.shape[-1] == 2 * plain_text.shape[-1]
-    assert torch.equal(image[..., :64], plain_image) and torch.equal(text[..., :64], plain_text)
+    assert plain_image.state is None and plain_text.state is None  # a fusion after the encoders needs no state
+    assert image.state.shape == plain_image.shape and text.state.shape == plain_text.shape
+    assert torch.equal(image.final, plain_image.final) and torch.equal(text.final, plain_text.final)
     assert torch.equal(model.image_features(image), plain.image_features(plain_image))
     assert torch.equal(model.text_features(text), plain.text_features(plain_text))
-    # second halves: the sequences entering the fused layers (here: the embeddings, K = depth = 2)
-    assert torch.equal(image[..., 64:], model.vision_encoder.embed(b["images"]))
+    # the states: the sequences entering the fused layers (here: the embeddings, K = depth = 2)
+    assert torch.equal(image.state, model.vision_encoder.embed(b["images"]))
     # the fused pass re-runs the top layers; with zero gates it is the plain text encoder again
     fused = model.fuse(image, image_atts, text, b["text_atts"], image_index=b["image_index"])
-    torch.testing.assert_close(fused, plain_text, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fused, plain_text.final, rtol=0, atol=1e-6)
     # open gates: the fused output changes and depends on the image and on the image stream's own fusion
     set_gates(model, 5.0, 0.0)
     text_only = model.fuse(image, image_atts, text, b["text_atts"], image_index=b["image_index"])
-    assert (text_only - plain_text).abs().max() > 1e-2
+    assert (text_only - plain_text.final).abs().max() > 1e-2
     other = model.fuse(image, image_atts, text, b["text_atts"], image_index=1 - b["image_index"])
     assert (other - text_only).abs().max() > 1e-2
     set_gates(model, 5.0, 5.0)
     both = model.fuse(image, image_atts, text, b["text_atts"], image_index=b["image_index"])
     assert (both - text_only).abs().max() > 1e-3
     # ... while the uni-modal pass stays the plain backbones
-    assert torch.equal(model.encode_text(b["text_ids"], b["text_atts"])[..., :64], plain_text)
+    assert torch.equal(model.encode_text(b["text_ids"], b["text_atts"]).final, plain_text.final)
 
 
 @torch.no_grad()

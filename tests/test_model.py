@@ -1,4 +1,6 @@
-"""X2VLM API shapes, pretraining losses and gradients, loss switches, bf16, tying, and a small learning run."""
+"""X2VLM API shapes, pretraining losses and gradients, loss switches, bf16, tying, and a small learning run —
+each for both fusion architectures (``model.architecture``: x2vlm and fiber), which the model serves through one
+interface."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,15 +16,41 @@ from models.vision import box_patch_mask
 from models.x2vlm import X2VLM
 from utils.config import apply_overrides, load_config
 
-TINY = Path(__file__).resolve().parent.parent / "configs" / "models" / "tiny.yaml"
-LOSS_KEYS = {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou"}
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
+TINY_CONFIGS = {"x2vlm": CONFIGS / "tiny.yaml", "fiber": CONFIGS / "fiber_tiny.yaml"}
+#: the pretraining losses of each architecture (FIBER's box head also scores patches: ``loss_align``)
+LOSSES = {"x2vlm": {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou"},
+          "fiber": {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou", "loss_align"}}
+BOX_LOSSES = {"loss_bbox", "loss_giou", "loss_align"}
 
 
-def build(*overrides: str, seed: int = 0) -> tuple[X2VLM, dict]:
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def architecture(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_cfg(architecture: str) -> dict:
+    """The tiny config of the architecture under test (overrides conftest's, so ``tiny_model`` and
+    ``make_batch`` follow it)."""
+    return load_config(TINY_CONFIGS[architecture])
+
+
+def build(*overrides: str, architecture: str = "x2vlm", seed: int = 0) -> tuple[X2VLM, dict]:
     """Tiny model (eval mode) and its full config, with ``overrides`` applied."""
-    cfg = load_config(TINY, list(overrides))
+    cfg = load_config(TINY_CONFIGS[architecture], list(overrides))
     torch.manual_seed(seed)
     return X2VLM.from_config(cfg).eval(), cfg
+
+
+def open_gates(model: X2VLM) -> X2VLM:
+    """Gated cross-attentions (FIBER's, which start at 0: the fused layers then compute the plain backbone layers,
+    and the image cannot reach the text) set to 0.5; a model without gates is returned as it is."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".gate"):
+                p.fill_(0.5)
+    return model
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -39,7 +67,7 @@ def test_encode_image_shapes(tiny_model: X2VLM) -> None:
     assert tiny_model.grid_size == 8
     assert embeds.shape == (2, 65, 64)
     assert atts.dtype == torch.long and torch.equal(atts, torch.ones(2, 65, dtype=torch.long))
-    assert torch.allclose(embeds[:, 0], embeds[:, 1:].mean(1), atol=1e-6)
+    assert torch.allclose(embeds.final[:, 0], embeds.final[:, 1:].mean(1), atol=1e-6)
 
 
 def test_encode_image_with_boxes_and_index(tiny_model: X2VLM) -> None:
@@ -55,15 +83,17 @@ def test_encode_image_with_boxes_and_index(tiny_model: X2VLM) -> None:
     assert int(atts[0].sum()) == 1 + 16 and int(atts[1].sum()) == 65 and int(atts[2].sum()) == 1 + 1
     assert atts[2, -1] == 1
     for row, img in enumerate(index.tolist()):
-        assert torch.allclose(concepts[row, 1:], full[img, 1:])
-        selected = full[img, 1:][atts[row, 1:].bool()]
-        assert torch.allclose(concepts[row, 0], selected.mean(0), atol=1e-6)
+        for part in ("final", "state") if full.state is not None else ("final",):
+            concept, image = getattr(concepts, part), getattr(full, part)
+            assert torch.allclose(concept[row, 1:], image[img, 1:])
+            selected = image[img, 1:][atts[row, 1:].bool()]
+            assert torch.allclose(concept[row, 0], selected.mean(0), atol=1e-6)
     with pytest.raises(ValueError):
         tiny_model.encode_image(images, boxes)  # 3 boxes, 2 images, no index
 
 
-def test_encode_video_is_time_mean_with_temporal_embedding() -> None:
-    model, _ = build("model.max_frames=4")
+def test_encode_video_is_time_mean_with_temporal_embedding(architecture: str) -> None:
+    model, _ = build("model.max_frames=4", architecture=architecture)
     assert model.absolute_frame_pos_embed.shape == (1, 4, 1, 64)
     frames = torch.randn(2, 3, 3, 64, 64, generator=gen(1))
     with torch.no_grad():
@@ -72,8 +102,8 @@ def test_encode_video_is_time_mean_with_temporal_embedding() -> None:
         expected = (per_frame + model.absolute_frame_pos_embed[:, :3]).mean(dim=1)
         without_time = per_frame.mean(dim=1)
     assert embeds.shape == (2, 65, 64) and atts.shape == (2, 65)
-    assert torch.allclose(embeds, expected, atol=1e-5)
-    assert (embeds - without_time).abs().max() > 1e-4  # the temporal embedding is really added
+    assert torch.allclose(embeds.final, expected, atol=1e-5)
+    assert (embeds.final - without_time).abs().max() > 1e-4  # the temporal embedding is really added
     with pytest.raises(ValueError, match="max_frames"):
         model.encode_video(torch.randn(1, 5, 3, 64, 64))
     with pytest.raises(ValueError, match="B, T, C, H, W"):
@@ -86,10 +116,11 @@ def test_encode_video_without_temporal_embedding(tiny_model: X2VLM) -> None:
     with torch.no_grad():
         embeds, _ = tiny_model.encode_video(frames)
         expected = (tiny_model.vision_encoder(frames[:, 0]) + tiny_model.vision_encoder(frames[:, 1])) / 2
-    assert torch.allclose(embeds, expected, atol=1e-5)
+    assert torch.allclose(embeds.final, expected, atol=1e-5)
 
 
 def test_text_fusion_and_head_shapes(tiny_model: X2VLM, make_batch: Callable[..., dict]) -> None:
+    open_gates(tiny_model)
     b = make_batch(n_images=3, n_texts=3, seq_len=8)
     with torch.no_grad():
         image_embeds, image_atts = tiny_model.encode_image(b["images"])
@@ -116,7 +147,7 @@ def test_text_fusion_and_head_shapes(tiny_model: X2VLM, make_batch: Callable[...
     assert torch.allclose(mlm[row, j], direct, atol=1e-5)
     # the fusion output depends on the image
     with torch.no_grad():
-        other = tiny_model.fuse(image_embeds.flip(0), image_atts, text_embeds, b["text_atts"])
+        other = tiny_model.fuse(image_embeds[[2, 1, 0]], image_atts, text_embeds, b["text_atts"])
     assert (other - fused).abs().max() > 1e-4
 
 
@@ -152,22 +183,22 @@ def test_clamp_temperature(tiny_model: X2VLM, tiny_cfg: dict) -> None:
 
 # ---------------------------------------------------------------- pretraining losses
 
-def test_forward_pretrain_losses(tiny_model: X2VLM, make_batch: Callable[..., dict]) -> None:
+def test_forward_pretrain_losses(tiny_model: X2VLM, make_batch: Callable[..., dict], architecture: str) -> None:
     b = make_batch(n_images=2, n_texts=4)
     out = tiny_model.forward_pretrain(b, generator=gen())
-    assert set(out) == LOSS_KEYS | {"loss"}
-    for k in LOSS_KEYS:
+    assert set(out) == LOSSES[architecture] | {"loss"}
+    for k in LOSSES[architecture]:
         assert out[k].ndim == 0 and torch.isfinite(out[k]) and out[k] > 0, k
-    assert torch.allclose(out["loss"], sum(out[k] for k in LOSS_KEYS))
+    assert torch.allclose(out["loss"], sum(out[k] for k in LOSSES[architecture]))
     # forward() is the same computation (hard negatives aside)
     out2 = tiny_model(b)
     assert set(out2) == set(out)
     assert torch.allclose(out2["loss_itc"], out["loss_itc"]) and torch.allclose(out2["loss_mlm"], out["loss_mlm"])
 
 
-def test_every_parameter_gets_a_gradient(make_batch: Callable[..., dict]) -> None:
-    model, cfg = build("model.max_frames=2")
-    model.train()
+def test_every_parameter_gets_a_gradient(make_batch: Callable[..., dict], architecture: str) -> None:
+    model, cfg = build("model.max_frames=2", architecture=architecture)
+    open_gates(model).train()
     b = make_batch(cfg=cfg, n_images=2, n_texts=4)
     b["videos"] = torch.randn(1, 2, 3, 64, 64, generator=gen(3))
     b["image_index"] = torch.tensor([0, 1, 2, 2])  # the last two texts describe the video
@@ -176,43 +207,45 @@ def test_every_parameter_gets_a_gradient(make_batch: Callable[..., dict]) -> Non
     assert missing == []
 
 
-def test_visual_concepts_pool_images_and_videos() -> None:
-    model, cfg = build("model.max_frames=2")
+def test_visual_concepts_pool_images_and_videos(architecture: str) -> None:
+    model, cfg = build("model.max_frames=2", architecture=architecture)
     images = torch.randn(2, 3, 64, 64, generator=gen(4))
     videos = torch.randn(1, 2, 3, 64, 64, generator=gen(5))
     batch = {"images": images, "videos": videos, "text_ids": torch.zeros(3, 4, dtype=torch.long),
              "image_index": torch.tensor([2, 0, 1])}
     with torch.no_grad():
         concepts, atts, full = model.visual_concepts(batch)
-        assert torch.allclose(concepts[0], model.encode_video(videos)[0][0], atol=1e-5)
-        assert torch.allclose(concepts[1:], model.vision_encoder(images), atol=1e-5)
+        assert torch.allclose(concepts.final[0], model.encode_video(videos)[0].final[0], atol=1e-5)
+        assert torch.allclose(concepts.final[1:], model.vision_encoder(images), atol=1e-5)
         assert torch.equal(atts, torch.ones(3, 65, dtype=torch.long))
         # with boxes, only region rows get a box concept; whole-image rows keep every patch
         batch["boxes"] = torch.tensor([[0.25, 0.25, 0.5, 0.5]] * 3)
         batch["is_region"] = torch.tensor([True, False, True])
         concepts, atts, full2 = model.visual_concepts(batch)
-    assert torch.allclose(full2, full)
+    assert torch.allclose(full2.final, full.final)
     assert int(atts[0].sum()) == 17 and int(atts[1].sum()) == 65 and int(atts[2].sum()) == 17
-    assert torch.allclose(concepts[1, 0], full[1, 1:].mean(0), atol=1e-6)
-    assert torch.allclose(concepts[2, 0], full[2, 1:][atts[2, 1:].bool()].mean(0), atol=1e-6)
+    assert torch.allclose(concepts.final[1, 0], full.final[1, 1:].mean(0), atol=1e-6)
+    assert torch.allclose(concepts.final[2, 0], full.final[2, 1:][atts[2, 1:].bool()].mean(0), atol=1e-6)
 
 
 @pytest.mark.parametrize(("flag", "gone"), [
-    ("itc", {"loss_itc"}), ("itm", {"loss_itm"}), ("mlm", {"loss_mlm"}), ("bbox", {"loss_bbox", "loss_giou"}),
+    ("itc", {"loss_itc"}), ("itm", {"loss_itm"}), ("mlm", {"loss_mlm"}), ("bbox", BOX_LOSSES),
 ])
-def test_loss_flags_switch_losses_off(flag: str, gone: set[str], make_batch: Callable[..., dict]) -> None:
-    model, cfg = build(f"loss.{flag}=false")
+def test_loss_flags_switch_losses_off(flag: str, gone: set[str], make_batch: Callable[..., dict],
+                                      architecture: str) -> None:
+    model, cfg = build(f"loss.{flag}=false", architecture=architecture)
     assert model.loss_cfg[flag] is False
     out = model.forward_pretrain(make_batch(cfg=cfg), generator=gen())
-    assert set(out) == (LOSS_KEYS - gone) | {"loss"}
+    assert set(out) == (LOSSES[architecture] - gone) | {"loss"}
     assert torch.allclose(out["loss"], sum(v for k, v in out.items() if k != "loss"))
 
 
-def test_all_losses_off_and_missing_inputs(make_batch: Callable[..., dict]) -> None:
-    model, cfg = build("loss.itc=false", "loss.itm=false", "loss.mlm=false", "loss.bbox=false")
+def test_all_losses_off_and_missing_inputs(make_batch: Callable[..., dict], architecture: str) -> None:
+    model, cfg = build("loss.itc=false", "loss.itm=false", "loss.mlm=false", "loss.bbox=false",
+                       architecture=architecture)
     out = model.forward_pretrain(make_batch(cfg=cfg))
     assert set(out) == {"loss"} and out["loss"].item() == 0.0
-    model, cfg = build()
+    model, cfg = build(architecture=architecture)
     b = make_batch(cfg=cfg)
     for key in ("mlm_ids", "boxes", "is_region"):
         b.pop(key)
@@ -233,9 +266,9 @@ def test_bf16_autocast_forward_pretrain(tiny_model: X2VLM, make_batch: Callable[
     assert torch.isfinite(tiny_model.vision_proj.weight.grad).all()
 
 
-def test_grad_checkpointing_matches(make_batch: Callable[..., dict]) -> None:
-    plain, cfg = build()
-    ckpt, _ = build("model.grad_checkpointing=true")
+def test_grad_checkpointing_matches(make_batch: Callable[..., dict], architecture: str) -> None:
+    plain, cfg = build(architecture=architecture)
+    ckpt, _ = build("model.grad_checkpointing=true", architecture=architecture)
     ckpt.load_state_dict(plain.state_dict())
     plain.train()
     ckpt.train()

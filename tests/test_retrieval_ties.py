@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import utils.evaluation.ranking as ev
 from dataset.tasks import collate_dict
+from models.tokens import Tokens
 from utils.evaluation import (
     evaluate_retrieval,
     first_positive_rank,
@@ -60,21 +61,21 @@ class TieStub(nn.Module):
 
     def encode_image(self, images):
         assert images.dtype == self.dtype  # _encode_visual gives pixels the model's dtype
-        return images[:, None, :], torch.ones(images.shape[0], 1, dtype=torch.long)
+        return Tokens(images[:, None, :]), torch.ones(images.shape[0], 1, dtype=torch.long)
 
     def image_features(self, embeds):
-        return self.image_feats[embeds[:, 0].float().argmax(1)].to(self.dtype)
+        return self.image_feats[embeds.final[:, 0].float().argmax(1)].to(self.dtype)
 
     def encode_text(self, ids, atts):
-        return ids[:, :1, None].to(self.dtype)  # (N, 1, 1): the text id (exact in bf16 below 256)
+        return Tokens(ids[:, :1, None].to(self.dtype))  # (N, 1, 1): the text id (exact in bf16 below 256)
 
     def text_features(self, embeds):
-        return self.text_feats[embeds[:, 0, 0].long()].to(self.dtype)
+        return self.text_feats[embeds.final[:, 0, 0].long()].to(self.dtype)
 
     def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
         if image_index is not None:
             image_embeds = image_embeds[image_index]
-        image, text = image_embeds[:, 0].float().argmax(1), text_embeds[:, 0, 0].long()
+        image, text = image_embeds.final[:, 0].float().argmax(1), text_embeds.final[:, 0, 0].long()
         self.scored |= set(zip(image.tolist(), text.tolist(), strict=True))
         score = self.itm[image, text].to(self.dtype)
         return torch.stack([-score, score], dim=1)
@@ -256,7 +257,7 @@ def test_bf16_x2vlm_rerank_writes_float32_scores(tiny_cfg):
         txt = model.encode_text(ids["input_ids"], ids["attention_mask"])
         img, img_atts = model.encode_image(torch.stack([Images()[i]["image"] for i in range(4)]).bfloat16())
         for i in range(4):
-            logits = model.itm_logits(img[i:i + 1].expand(3, -1, -1), img_atts[i:i + 1].expand(3, -1), txt[top[i]],
+            logits = model.itm_logits(img[[i, i, i]], img_atts[i:i + 1].expand(3, -1), txt[top[i]],
                                       ids["attention_mask"][top[i]])[:, 1]
             assert logits.dtype == torch.bfloat16
             torch.testing.assert_close(picked[i], logits.float(), rtol=2e-2, atol=2e-2)

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from models.tokens import Tokens
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under a DDP / DeepSpeed / compile wrapper."""
@@ -35,7 +37,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, device, padding: 
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def encode_visual(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_visual(model: nn.Module, pixels: torch.Tensor) -> tuple[Tokens, torch.Tensor]:
     """Whole-image tokens; ``(B, T, 3, H, W)`` inputs are videos. Pixels take the model's dtype (a model
     held in bf16, as under DeepSpeed, gets bf16 inputs)."""
     pixels = pixels.to(next(model.parameters()).dtype)

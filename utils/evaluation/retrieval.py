@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from models.tokens import Tokens
 from utils.evaluation import ranking
 from utils.evaluation.loop import dist_ready, encode_visual, evaluating, progress_bar, tokenize, world_of
 from utils.evaluation.ranking import positives_matrix, rank_order, recall_metrics, retrieval_chance
@@ -40,7 +41,7 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
         emb, atts = encode_visual(model, batch["image"].to(device))
         feat = model.image_features(emb)
         if image_embeds is None:
-            image_embeds = emb.new_zeros((n_images, *emb.shape[1:]))
+            image_embeds = emb.new_zeros(n_images)
             image_atts = atts.new_zeros((n_images, *atts.shape[1:]))
             image_feats = feat.new_zeros((n_images, feat.shape[1]))
         dev_index = index.to(device)
@@ -50,7 +51,7 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
         raise ValueError(f"retrieval evaluation needs every image: the loader gave {int(seen.sum())} of "
                          f"{n_images} (pass an unsharded loader; the re-ranking is sharded instead)")
     return (image_embeds, image_atts, image_feats,
-            torch.cat(text_embeds), torch.cat(text_atts), torch.cat(text_feats))
+            Tokens.cat(text_embeds), torch.cat(text_atts), torch.cat(text_feats))
 
 
 @torch.no_grad()
@@ -88,8 +89,8 @@ def rerank(sims: torch.Tensor, k: int, rows: range,
     return out
 
 
-def itm_pair_scorer(model: nn.Module, image_embeds: torch.Tensor, image_atts: torch.Tensor,
-                    text_embeds: torch.Tensor, text_atts: torch.Tensor
+def itm_pair_scorer(model: nn.Module, image_embeds: Tokens, image_atts: torch.Tensor,
+                    text_embeds: Tokens, text_atts: torch.Tensor
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``f(image_ids, text_ids) -> (P,)`` float32 ITM match logits of the pairs (a bf16 model's logits are
     cast, so the score matrix is float32 whatever the model's dtype); each distinct image of a call is fused
