@@ -50,7 +50,7 @@ def main() -> None:
         # the final weights, whatever train.ckpt_every: loadable with --checkpoint / models.load_model(output_dir)
         weights = save_checkpoint_weights(model, cfg["output_dir"])
         print(f"final weights: {weights}")
-    results = zero_shot_eval(cfg, trainer.engine, tokenizer, dist_info.device, dist_info)
+    results = zero_shot_eval(cfg, trainer.model, tokenizer, dist_info.device, dist_info)
     if results and dist_info.is_main:
         print("zero-shot evaluation (held-out split):\n" + format_results(results))
         write_json_atomic(Path(cfg["output_dir"]) / "zero_shot.json", results)

@@ -3,7 +3,7 @@
 * **base** — ``utils`` modules for config, distributed set-up, I/O, boxes and metrics: nothing of ``dataset``,
   ``models`` or the top;
 * **dataset** and **models** — the base and their own package; not each other, not the top;
-* **top** — trainer, task runner, command line, step checkpoints, evaluation, the Python API (``models.api``,
+* **top** — trainer and its engines, task runner, command line, step checkpoints, evaluation, the Python API (``models.api``,
   reached lazily as ``models.load_model``) and the scripts: anything.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import ROOT
 
 PACKAGES = ("utils", "dataset", "models")
-TOP = ("utils.trainer", "utils.task", "utils.cli", "utils.train_state", "utils.deepspeed_engine", "utils.evaluation",
-       "models.api")
+TOP = ("utils.trainer", "utils.engine", "utils.task", "utils.cli", "utils.train_state", "utils.deepspeed_engine",
+       "utils.evaluation", "models.api")
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO (stage 1/2) for the shared trainer: the DeepSpeed config derived from ours, engine set-up,
-and step checkpoints that sit beside the DDP ones (same ``step_*.pt`` file, plus the ZeRO shards).
+"""DeepSpeed ZeRO (stage 1/2) for the shared trainer (:class:`DeepSpeedEngine`, ``train.engine: deepspeed``): the
+DeepSpeed config derived from ours, engine set-up, and step checkpoints that sit beside the DDP ones (same
+``step_*.pt`` file, plus the ZeRO shards).
 
 The ``.pt`` file of a DeepSpeed step checkpoint holds the consolidated fp32 model weights, the scheduler,
 the counters and RNG states, like a DDP one (so it loads anywhere as a model checkpoint); the optimizer
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from utils.config import ConfigError
+from utils.dist import DistInfo
+from utils.engine import DTYPES, TrainEngine
 from utils.train_state import load_checkpoint_file
 from utils.trust import is_trusted
 
@@ -216,3 +219,34 @@ def load_shards(engine, checkpoint: Path, trusted: bool | None = None) -> None:
         engine.checkpoint_engine = own
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
+
+
+class DeepSpeedEngine(TrainEngine):
+    """DeepSpeed ZeRO: the model held in bf16 / fp16 (fp32 master weights in the optimizer; inputs cast to the
+    model's dtype); DeepSpeed accumulates, clips, skips overflowing steps and writes the optimizer shards."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: dict, dist_info: DistInfo):
+        self.model = model
+        self._shapes = {k: v.shape for k, v in model.state_dict().items()}  # before 0-dim parameters are lifted
+        self.wrapped, self._ds_optimizer = init_engine(model, optimizer, cfg)
+        self.input_dtype = DTYPES[cfg["train"]["precision"]]
+        # step checkpoints keep the DDP layout's "scaler" entry (DeepSpeed keeps its own loss scale in its shards)
+        self._scaler_state = torch.amp.GradScaler(enabled=False).state_dict()
+        if cfg["train"]["compile"]:
+            self.wrapped.compile()  # DeepSpeed compiles its wrapped module in place
+
+    def forward_backward(self, batch: dict[str, Any], last_micro: bool) -> dict[str, torch.Tensor]:
+        out = self.wrapped(batch)
+        self.wrapped.backward(out["loss"])  # DeepSpeed divides by the accumulation steps itself
+        self.wrapped.step()  # a no-op except at the accumulation boundary
+        return out
+
+    def step(self, finite: bool) -> bool:
+        # a non-finite step was already dropped by DeepSpeed (its overflow check)
+        return finite and bool(self.wrapped.was_step_applied())
+
+    def checkpoint_state(self, checkpoint: Path) -> dict[str, Any]:
+        return {"scaler": self._scaler_state, "model": save_shards(self.wrapped, checkpoint, self._shapes)}
+
+    def load(self, checkpoint: Path, state: dict[str, Any], trusted: bool | None) -> None:
+        load_shards(self.wrapped, checkpoint, trusted=trusted)

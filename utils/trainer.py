@@ -1,8 +1,9 @@
-"""The one training loop every task script uses: DDP or DeepSpeed ZeRO, AMP, gradient accumulation and
-clipping, non-finite-loss skipping, JSON-lines + TensorBoard logs, step checkpoints and exact resume."""
+"""The one training loop every task script uses: gradient accumulation, non-finite-loss skipping, loss stages,
+JSON-lines + TensorBoard logs, step checkpoints and exact resume. How a loss becomes an optimizer step (DDP or
+DeepSpeed ZeRO, AMP, clipping) is the engine's (:mod:`utils.engine`, picked by ``train.engine`` from
+:data:`ENGINES`); what the loop may ask of the model beyond ``forward`` is :class:`TrainingHooks`."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -16,36 +17,40 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from utils import deepspeed_engine
 from utils.atomic import output_error
 from utils.config import ConfigError, save_config
+from utils.deepspeed_engine import DeepSpeedEngine
 from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
+from utils.engine import DTYPES, DDPEngine, TrainEngine
 from utils.errors import ExitWithMessage
 from utils.optim import build_optimizer, build_scheduler
 from utils.parent_death import PARENT_DIED
 from utils.train_state import (
+    CKPT_DIR,
+    checkpoint_name,
     load_train_state,
     resolve_resume,
     run_setup,
     save_train_state,
     set_aside_newer,
     setup_changes,
-    state_changes,
 )
 
 BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
 """Given the index of the first micro-batch to produce, returns an iterator of batches from there on."""
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``train.engine`` → the :class:`~utils.engine.TrainEngine` implementation
+ENGINES: dict[str, type[TrainEngine]] = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
 
 
 @runtime_checkable
 class TrainingHooks(Protocol):
     """What the trainer may ask of a model beyond ``forward`` (every X²-VLM model has it; any other
     ``nn.Module`` trains without): the loss switches ``train.stages`` sets, and a call after each applied
-    optimizer step."""
+    optimizer step. A model with these hooks also gets ``sample_seed`` (int) in every training batch: the seed
+    of its random draws for that micro-batch (ITM negatives), a function of ``seed``, step and micro-batch only,
+    so that runs are reproducible and equal global batches draw alike however they are split over processes."""
 
     @property
     def loss_switches(self) -> dict[str, Any]: ...
@@ -90,34 +95,16 @@ class Trainer:
 
     def __init__(self, cfg: dict, model: nn.Module, dist_info: DistInfo, fresh_params: set[str] | None = None):
         train = cfg["train"]
-        if train["engine"] not in ("ddp", "deepspeed"):
-            raise ConfigError(f"train.engine must be 'ddp' or 'deepspeed', got '{train['engine']}'")
-        if train["precision"] not in _DTYPES:
-            raise ConfigError(f"train.precision must be one of {sorted(_DTYPES)}, got '{train['precision']}'")
+        if train["engine"] not in ENGINES:
+            raise ConfigError(f"train.engine must be one of {', '.join(ENGINES)}, got '{train['engine']}'")
+        if train["precision"] not in DTYPES:
+            raise ConfigError(f"train.precision must be one of {sorted(DTYPES)}, got '{train['precision']}'")
         self.cfg, self.train_cfg, self.dist = cfg, train, dist_info
         self.output_dir = Path(cfg["output_dir"])
         self.model = model.to(dist_info.device)
         self.optimizer = build_optimizer(self.model, cfg["optimizer"], fresh_params)
         self.scheduler = build_scheduler(self.optimizer, cfg["scheduler"], train["steps"])
-        self.dtype = _DTYPES[train["precision"]]
-        self.scaler = torch.amp.GradScaler(dist_info.device.type, enabled=train["precision"] == "fp16")
-        self.deepspeed = train["engine"] == "deepspeed"
-        self.engine: nn.Module = self.model
-        self._shapes = {k: v.shape for k, v in self.model.state_dict().items()}
-        if self.deepspeed:
-            # DeepSpeed holds the model in bf16/fp16 (fp32 master weights in the optimizer), accumulates,
-            # clips and skips overflowing steps itself; inputs are cast to the model's dtype
-            self.engine, self._ds_optimizer = deepspeed_engine.init_engine(self.model, self.optimizer, cfg)
-            self.scaler = torch.amp.GradScaler(enabled=False)
-        elif dist_info.distributed:
-            ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-            self.engine = DistributedDataParallel(self.model, device_ids=ids,
-                                                  find_unused_parameters=train["ddp_find_unused"])
-        if train["compile"]:
-            if self.deepspeed:
-                self.engine.compile()  # DeepSpeed compiles its wrapped module in place
-            else:
-                self.engine = torch.compile(self.engine)
+        self.engine = ENGINES[train["engine"]](self.model, self.optimizer, cfg, dist_info)
         self.step = 0
         self.samples_seen = 0
         self.skipped_nonfinite = 0
@@ -129,6 +116,7 @@ class Trainer:
         self._hooks = model if isinstance(model, TrainingHooks) else None
         self._base_losses = self._hooks.loss_switches if self._hooks is not None else {}
         self._stage = -1
+        self._saved: tuple[int, Path | None] = (-1, None)  # the step of the last checkpoint and its path (rank 0)
 
     def track_data(self, source: Any) -> None:
         """Keep ``source.state_dict()`` (the data position) in step checkpoints and give it back to
@@ -149,16 +137,17 @@ class Trainer:
         return counts
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        state = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+    def checkpoint_state(self, checkpoint: Path) -> dict[str, Any]:
+        """Everything a step checkpoint at ``checkpoint`` holds: the loop's counters, scheduler, run set-up and
+        data position, and the engine's entries (:meth:`~utils.engine.TrainEngine.checkpoint_state`; every
+        rank takes part)."""
+        state = {"scheduler": self.scheduler.state_dict(),
                  "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
                  "micro_batches": self.step * self.train_cfg["grad_accum"], "engine": self.train_cfg["engine"],
                  "setup": run_setup(self.cfg, self.dist.world_size)}
-        if not self.deepspeed:
-            state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
         if self._data is not None:
             state["data"] = self._data.state_dict()
-        return state
+        return state | self.engine.checkpoint_state(checkpoint)
 
     def resume(self, resume: str | None, trusted: bool | None = None) -> bool:
         """Restore everything from a step checkpoint (``latest`` or a path; a restarted failed run resumes
@@ -176,18 +165,8 @@ class Trainer:
             return False
         state = load_train_state(path, map_location=self.dist.device, trusted=trusted)
         self._check_same_run(path, state)
-        if self.deepspeed:
-            deepspeed_engine.load_shards(self.engine, path, trusted=trusted)
-        else:
-            self.model.load_state_dict(state["model"])
-            try:
-                self.optimizer.load_state_dict(state["optimizer"])
-            except ValueError as e:  # other parameter groups: other fresh parameters (model.checkpoint)
-                raise ConfigError(f"--resume {path}: its optimizer state does not fit this run's parameter groups "
-                                  f"({e}); was model.checkpoint (--checkpoint) the same as when it was written?"
-                                  ) from e
+        self.engine.load(path, state, trusted)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.samples_seen = state["samples_seen"]
         self.skipped_nonfinite = state["skipped_nonfinite"]
@@ -219,8 +198,8 @@ class Trainer:
             raise ConfigError(f"{path} was written with train.engine '{engine}'; resume it with that engine")
         changes = setup_changes(state["setup"], run_setup(self.cfg, self.dist.world_size)) \
             if "setup" in state else []
-        if not changes and "model" in state and not self.deepspeed:
-            changes = state_changes(state["model"], self.model.state_dict())
+        if not changes:
+            changes = self.engine.state_changes(state)
         if changes:
             shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
             raise ConfigError(f"--resume {path}: it was written by another run set-up ({shown}); resume with the "
@@ -229,11 +208,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a step checkpoint (rank 0; every rank takes part under DeepSpeed). Returns its path on rank 0."""
-        from utils.train_state import CKPT_DIR, checkpoint_name
-        state = self.state_dict()
-        if self.deepspeed:
-            target = self.output_dir / CKPT_DIR / checkpoint_name(self.step)
-            state["model"] = deepspeed_engine.save_shards(self.engine, target, self._shapes)
+        state = self.checkpoint_state(self.output_dir / CKPT_DIR / checkpoint_name(self.step))
         if not self.dist.is_main:
             return None
         return save_train_state(self.output_dir, self.step, state, self.train_cfg["keep_last"])
@@ -277,43 +252,20 @@ class Trainer:
             self._hooks.set_loss_switches(switches)
             self._log({"event": "stage", "stage": index, "step": self.step, "loss": switches})
 
-    def _micro_step(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
-        if self.deepspeed:
-            out = self.engine(batch)
-            self.engine.backward(out["loss"])  # DeepSpeed divides by the accumulation steps itself
-            self.engine.step()  # a no-op except at the accumulation boundary
-            return out
-        ctx = contextlib.nullcontext() if sync or not isinstance(self.engine, DistributedDataParallel) \
-            else self.engine.no_sync()
-        with ctx:
-            with torch.autocast(self.dist.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                out = self.engine(batch)
-            self.scaler.scale(out["loss"] / self.train_cfg["grad_accum"]).backward()
-        return out
-
     def _finish_step(self, finite: bool) -> None:
+        """Apply the optimizer step (or drop a non-finite one, counting it), then the scheduler and hook."""
+        applied = self.engine.step(finite)
         if not finite:
-            if not self.deepspeed:  # DeepSpeed has already dropped the step (its overflow check)
-                self.optimizer.zero_grad(set_to_none=True)
             self.skipped_nonfinite += 1
             self._nonfinite_run += 1
             if self._nonfinite_run >= self.train_cfg["max_nonfinite"]:
                 raise NonFiniteLossError(f"{self._nonfinite_run} non-finite losses in a row at step {self.step}")
             return
         self._nonfinite_run = 0
-        if self.deepspeed:
-            if self.engine.was_step_applied():
-                self.scheduler.step()
-            return
-        if self.train_cfg["clip_grad"] > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg["clip_grad"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self._hooks is not None:
-            self._hooks.after_optimizer_step()
+        if applied:
+            self.scheduler.step()
+            if self._hooks is not None:
+                self._hooks.after_optimizer_step()
 
     def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None,
             stop_after: int | None = None) -> dict[str, float]:
@@ -324,46 +276,21 @@ class Trainer:
         optimiser step, write a step checkpoint and raise :class:`TrainingStopped`; the ranks of a job agree on
         the step (one tiny all-reduce per step). A collective that waits longer than ``train.dist_timeout`` raises
         :class:`utils.dist.CollectiveTimeout` naming the ranks that stopped answering."""
-        accum = self.train_cfg["grad_accum"]
         total = self.train_cfg["steps"] if stop_after is None else min(stop_after, self.train_cfg["steps"])
-        it = batches(self.step * accum)
-        window: dict[str, list[float]] = defaultdict(list)
-        last: dict[str, float] = {}
-        images, t0 = 0, time.perf_counter()
-        saved: tuple[int, Path | None] = (-1, None)  # the step of the last checkpoint and its path (rank 0)
-        bar = None
-        if self.dist.is_main:
-            from tqdm import tqdm
-            bar = tqdm(total=self.train_cfg["steps"], initial=self.step, desc="train", dynamic_ncols=True)
+        it = batches(self.step * self.train_cfg["grad_accum"])
+        window = LogWindow()
+        bar = self._progress_bar()
         self.model.train()
         try:
             with StopSignals() as stop:
                 while self.step < total:
                     try:
-                        images += self._train_step(it, accum, window, bar)
+                        window.add_images(self._train_step(it, window, bar))
                         if self.step % self.train_cfg["log_every"] == 0 or self.step == total:
-                            elapsed = time.perf_counter() - t0
-                            last = {k: sum(v) / len(v) for k, v in window.items() if v}
-                            record = {"step": self.step, **last, "lr": self.scheduler.get_last_lr()[0],
-                                      "images_per_s": images * self.dist.world_size / max(elapsed, 1e-9),
-                                      "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
-                                      **self._data_counters()}
-                            if extra_log is not None:
-                                record.update(extra_log())
-                            self._log(record)
-                            window.clear()
-                            images, t0 = 0, time.perf_counter()
+                            self._log(self._log_record(window.close(), extra_log))
                         if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
-                            saved = (self.step, self.save())
-                        signum = all_reduce_max(stop.signum, self.dist.device)  # the ranks agree
-                        if signum:
-                            if saved[0] != self.step:
-                                saved = (self.step, self.save())
-                            name = signal.Signals(signum).name
-                            self._log({"event": "stopped", "signal": name, "step": self.step,
-                                       "checkpoint": str(saved[1])})
-                            raise TrainingStopped(signum, self.step, saved[1], report=self.dist.is_main,
-                                                  here=stop.signum == signum)
+                            self._saved = (self.step, self.save())
+                        self._stop_if_signalled(stop)
                     except RuntimeError as e:
                         if self.dist.distributed and is_collective_timeout(e):
                             raise collective_timeout(e, self.step + 1) from e
@@ -373,20 +300,50 @@ class Trainer:
                 bar.close()
             if self._tb is not None:
                 self._tb.flush()
-        return {k: v for k, v in last.items() if not math.isnan(v)}
+        return {k: v for k, v in window.last.items() if not math.isnan(v)}
 
-    def _train_step(self, it: Iterator[dict[str, Any]], accum: int, window: dict[str, list[float]],
-                    bar: Any) -> int:
-        """One optimiser step over ``accum`` micro-batches of ``it``; the losses go to ``window``. Returns the
-        images this rank trained on."""
+    def _progress_bar(self) -> Any:
+        if not self.dist.is_main:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.train_cfg["steps"], initial=self.step, desc="train", dynamic_ncols=True)
+
+    def _log_record(self, window: tuple[dict[str, float], float], extra_log: Callable[[], dict[str, Any]] | None
+                    ) -> dict[str, Any]:
+        """The log record of a closed window (mean losses, images per second over all ranks)."""
+        losses, images_per_s = window
+        record = {"step": self.step, **losses, "lr": self.scheduler.get_last_lr()[0],
+                  "images_per_s": images_per_s * self.dist.world_size,
+                  "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
+                  **self._data_counters()}
+        if extra_log is not None:
+            record.update(extra_log())
+        return record
+
+    def _stop_if_signalled(self, stop: StopSignals) -> None:
+        """When any rank got a stop signal: make sure this step is checkpointed, log, raise TrainingStopped."""
+        signum = all_reduce_max(stop.signum, self.dist.device)  # the ranks agree
+        if not signum:
+            return
+        if self._saved[0] != self.step:
+            self._saved = (self.step, self.save())
+        checkpoint = self._saved[1]
+        self._log({"event": "stopped", "signal": signal.Signals(signum).name, "step": self.step,
+                   "checkpoint": str(checkpoint)})
+        raise TrainingStopped(signum, self.step, checkpoint, report=self.dist.is_main, here=stop.signum == signum)
+
+    def _train_step(self, it: Iterator[dict[str, Any]], window: LogWindow, bar: Any) -> int:
+        """One optimiser step over ``train.grad_accum`` micro-batches of ``it``; the losses go to ``window``.
+        Returns the images this rank trained on."""
         self._enter_stage()
+        accum = self.train_cfg["grad_accum"]
         losses: dict[str, torch.Tensor] = defaultdict(float)
         images = 0
         for micro in range(accum):
-            batch = to_device(next(it), self.dist.device, self.dtype if self.deepspeed else None)
-            # seeds the model's sampling (ITM negatives): reproducible, and equal for equal global batches
-            batch["sample_seed"] = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
-            out = self._micro_step(batch, sync=micro == accum - 1)
+            batch = to_device(next(it), self.dist.device, self.engine.input_dtype)
+            if self._hooks is not None:  # the seed of the model's draws (TrainingHooks)
+                batch["sample_seed"] = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
+            out = self.engine.forward_backward(batch, last_micro=micro == accum - 1)
             for k, v in out.items():
                 losses[k] += v.detach().float() / accum
             n = count_images(batch)
@@ -397,12 +354,37 @@ class Trainer:
         self._finish_step(finite)
         self.step += 1
         if finite:
-            for k, v in losses.items():
-                window[k].append(float(all_reduce_mean(v)))
+            window.add_losses({k: float(all_reduce_mean(v)) for k, v in losses.items()})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}")
         return images
+
+
+class LogWindow:
+    """The losses and images of the steps since the last log record."""
+
+    def __init__(self) -> None:
+        self.losses: dict[str, list[float]] = defaultdict(list)
+        self.images = 0
+        self.start = time.perf_counter()
+        self.last: dict[str, float] = {}  # the mean losses of the last closed window
+
+    def add_losses(self, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.losses[k].append(v)
+
+    def add_images(self, n: int) -> None:
+        self.images += n
+
+    def close(self) -> tuple[dict[str, float], float]:
+        """``(mean losses, images per second of this rank)`` of the window; a new window starts."""
+        elapsed = time.perf_counter() - self.start
+        self.last = {k: sum(v) / len(v) for k, v in self.losses.items() if v}
+        rate = self.images / max(elapsed, 1e-9)
+        self.losses.clear()
+        self.images, self.start = 0, time.perf_counter()
+        return dict(self.last), rate
 
 
 class TrainingStopped(ExitWithMessage):
