@@ -80,7 +80,7 @@ def references(dataset) -> dict | None:
 
 def caption_tokenizer(cfg: dict, choice: str | None = None) -> str:
     """The caption tokenisation for scoring: ``choice`` (``--caption_tokenizer``), else ``eval.caption_tokenizer``."""
-    name = choice or (cfg.get("eval") or {}).get("caption_tokenizer", "ptb")
+    name = choice or cfg["eval"]["caption_tokenizer"]
     if name not in TOKENIZERS:
         raise ConfigError(f"eval.caption_tokenizer must be one of {', '.join(TOKENIZERS)}, got {name!r} "
                           "(docs/configuration.md)")
@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world = ctx.dist.rank, ctx.dist.world_size
     model = build_model(ctx, X2VLMForCaptioning)
     model.set_special_tokens(ctx.tokenizer)
-    model.label_smoothing = settings["label_smoothing"]
     collate = CaptionMLMCollate(ctx.tokenizer, d["max_tokens"], d["max_masks"], d["mask_prob"], d["skipgram_prb"],
                                 d["skipgram_size"], d["mask_whole_word"], ft["prompt"], settings["fg_free"])
     train_task(ctx, model, "captioning", collate)

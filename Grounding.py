@@ -15,11 +15,13 @@ name (``grounding_testA.json`` → ``testA``); ``output_dir/grounding.json`` hol
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from torch.utils.data import Subset
 
 from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
+from dataset.tasks import GroundingDataset
 from models.grounding import X2VLMForGrounding
 from utils.evaluation import evaluate_grounding
 from utils.task import build_model, finish, setup_task, task_parser, train_task
@@ -38,9 +40,9 @@ def evaluate(ctx, model) -> dict[str, float]:
     results: dict[str, float] = {}
     rank, world = ctx.dist.rank, ctx.dist.world_size
     for name, file in zip(split_names(files), files, strict=True):
-        ds = create_dataset("grounding", cfg, [file], ctx.tokenizer)
-        if world > 1:  # a strided share per rank, no padding; evaluate_grounding gathers the predictions
-            ds = Subset(ds, range(rank, len(ds), world))
+        whole = cast(GroundingDataset, create_dataset("grounding", cfg, [file], ctx.tokenizer))
+        # a strided share per rank, no padding; evaluate_grounding gathers the predictions
+        ds = Subset(whole, range(rank, len(whole), world)) if world > 1 else whole
         loader = create_loader(ds, ft["batch_size_test"], collate_for("grounding"), cfg["data"]["num_workers"],
                                training=False)
         metrics = evaluate_grounding(model, loader, ctx.dist.device, tokenizer=ctx.tokenizer,

@@ -14,10 +14,13 @@ the best constant answer's accuracy (the chance level), all in percent (utils/vq
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 from dataset import collate_for, create_dataset, create_loader
 from dataset.collate import TokenizeCollate
+from dataset.tasks import VQADataset
 from models.vqa import X2VLMForVQA
 from utils.dist import cleanup
 from utils.evaluation import evaluating, progress_bar
@@ -57,7 +60,7 @@ def local_metrics(results: list[dict], records: list[dict], answer_list: list[st
     the annotator answers only punctuation-processed, and only when they disagree), plus the best constant
     answer of ``answer_list`` and its accuracy (the chance level)."""
     gts = {r["question_id"]: r["answer"] if isinstance(r["answer"], list) else [r["answer"]] for r in records}
-    metrics = vqa_accuracy(results, gts)
+    metrics: dict[str, Any] = dict(vqa_accuracy(results, gts))
     metrics["chance_answer"], metrics["chance_vqa_acc"] = best_constant_accuracy(gts, answer_list)
     return metrics
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(ctx, X2VLMForVQA)
     collate = TokenizeCollate(collate_train, ctx.tokenizer, d["max_tokens"], {"question": "text", "answers": "answer"})
     train_task(ctx, model, "vqa", collate)
-    test_set = create_dataset("vqa", cfg, "test", ctx.tokenizer, rank, world)
+    test_set = cast(VQADataset, create_dataset("vqa", cfg, "test", ctx.tokenizer, rank, world))
     if not test_set.answer_list:
         raise SystemExit("VQA.py: the evaluation ranks data.finetune.answer_list, which is not set or empty")
     # test questions are cut at 50 words by the dataset, not at data.max_tokens (as the official evaluation)

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from dataset.annotation import AnnotationDataset
 from dataset.io import set_max_image_pixels
 from dataset.masking import MaskGenerator
 from dataset.pretrain import (
@@ -75,17 +76,17 @@ def _is_shards(files: Any) -> bool:
     return bool(files) and all(str(f).endswith(".tar") or ".tar" in str(f).split("/")[-1] for f in files)
 
 
-def _image_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> Dataset:
+def _image_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> AnnotationDataset:
     return ImageTextDataset(files, text, image_transform(cfg, train, True), sec["image_key"], sec["caption_key"],
                             sec["is_image_rpath"], sec["language"], **common)
 
 
-def _region_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> Dataset:
+def _region_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> AnnotationDataset:
     return RegionTextDataset(files, text, box_transform(cfg, train), sec["image_key"], sec["caption_key"],
                              sec["is_image_rpath"], sec["max_regions"], **common)
 
 
-def _video_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> Dataset:
+def _video_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) -> AnnotationDataset:
     # official clip merging (configs/pretrain/x2vlm_*_stage2.yaml): on unless the config says otherwise
     return VideoTextDataset(files, text, image_transform(cfg, train, True), sec["video_key"], sec["caption_key"],
                             sec["is_image_rpath"], sec["frame_len"],
@@ -94,7 +95,7 @@ def _video_text(files, text, cfg: dict, train: bool, sec: dict, common: dict) ->
 
 
 #: pretraining source → (its files' config key under ``data``, the dataset builder)
-PRETRAIN_SOURCES: dict[str, tuple[str, Callable[..., Dataset]]] = {
+PRETRAIN_SOURCES: dict[str, tuple[str, Callable[..., AnnotationDataset]]] = {
     "images": ("train_file", _image_text), "regions": ("train_file_regions", _region_text),
     "videos": ("train_file_videos", _video_text)}
 
@@ -152,7 +153,7 @@ TASK_DATASETS: dict[str, Callable[..., Dataset]] = {
     "grounding": _grounding, "captioning": _captioning, "video_qa": _video_qa}
 
 
-def create_dataset(task: str, cfg: dict, split: str = "train", tokenizer=None, rank: int = 0,
+def create_dataset(task: str, cfg: dict, split: str | list[str] = "train", tokenizer=None, rank: int = 0,
                    world_size: int = 1) -> Dataset | IterableDataset:
     """One dataset: ``pretrain_{images,regions,videos}`` (train files from ``data.train_file*``,
     :data:`PRETRAIN_SOURCES`) or a fine-tuning task (files from ``data.finetune.{split}_file``, or ``split``
@@ -179,6 +180,8 @@ def collate_for(task: str, cfg: dict | None = None):
     if task == "pretrain_videos":
         return collate_video_text
     if task == "pretrain_regions":
+        if cfg is None:
+            raise TypeError("collate_for('pretrain_regions') needs the config (data.regions.batch_size)")
         return RegionCollate(cfg["data"]["regions"]["batch_size"])
     return collate_vqa if task == "vqa" else collate_dict
 

@@ -21,8 +21,11 @@ class AnnotationDataset(Dataset):
     epoch = 0
     #: put the sample's seed under ``seed`` (for a collate that draws at random, e.g. :class:`RegionCollate`)
     sample_carries_seed = False
+    #: the pretraining datasets' :class:`TextProcessor`; None in the task datasets (:class:`RetrievalEvalDataset`:
+    #: its captions)
+    text: TextProcessor | list[str] | None
 
-    def __init__(self, files, text: TextProcessor, training: bool = True, root: str | None = None,
+    def __init__(self, files, text: TextProcessor | None, training: bool = True, root: str | None = None,
                  max_bad_fraction: float = 0.05, bad_window: int = 1000):
         self.index = files if isinstance(files, AnnotationIndex) else AnnotationIndex(files)
         self.text, self.training, self.root = text, training, root

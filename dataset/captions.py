@@ -3,7 +3,7 @@ its targets chosen and, FG-free, a ``[MASK]`` inserted before each target that s
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -48,7 +48,7 @@ class CaptionMLMCollate:
     def encode(self, text: str, rng: random.Random | None = None) -> dict[str, list[int]]:
         """One caption → ``ids``, ``positions`` (position ids), ``slots``, ``targets`` (indices into ``ids``)
         and ``labels``."""
-        rng = rng or random
+        rng = rng or cast(random.Random, random)
         tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         n_prompt = len(self.prompt_ids) if tokens[:len(self.prompt_ids)] == self.prompt_ids else 0
         ids = ([self.cls_id] + tokens + [self.sep_id])[:self.max_tokens]
@@ -91,8 +91,9 @@ class CaptionMLMCollate:
             slots[i, :k] = torch.tensor(e["slots"], dtype=torch.bool)
             targets[i, :t] = torch.tensor(e["targets"], dtype=torch.long)
             labels[i, :t] = torch.tensor(e["labels"], dtype=torch.long)
-        batch = {"image": torch.stack([s["image"] for s in samples]), "text_ids": ids, "text_atts": atts,
-                 "position_ids": pos, "mask_slots": slots, "mlm_positions": targets, "mlm_labels": labels}
+        batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples]), "text_ids": ids,
+                                 "text_atts": atts, "position_ids": pos, "mask_slots": slots,
+                                 "mlm_positions": targets, "mlm_labels": labels}
         if "image_id" in samples[0]:
             batch["image_id"] = [s["image_id"] for s in samples]
         return batch

@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -263,7 +263,7 @@ _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
 MIN_BASE64_CHARS = 64
 
 
-def looks_like_base64(value: Any) -> bool:
+def looks_like_base64(value: Any) -> TypeGuard[str]:
     """True for a string that can only be base64 image data, not a path: at least :data:`MIN_BASE64_CHARS`
     characters, all of the base64 alphabet (letters, digits, ``+``, ``/``, ``=``, line breaks), so no ``.``,
     ``_`` or ``-`` as file names have."""

@@ -8,6 +8,7 @@ The random replacement is drawn uniformly from the whole vocabulary, special tok
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class MaskGenerator:
         self.random_ids = np.array(sorted(set(tokenizer.get_vocab().values())), dtype=np.int64)
 
     def __call__(self, ids: list[int], rng: random.Random | None = None) -> tuple[list[int], list[int], list[int]]:
-        rng = rng or random
+        rng = rng or cast(random.Random, random)
         lo, hi = 1, len(ids) - 1  # candidates exclude [CLS] and the final [SEP]
         n_cand = hi - lo
         if n_cand <= 0:

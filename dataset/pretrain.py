@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -31,6 +31,7 @@ class ImageTextDataset(AnnotationDataset):
     """Records ``{image_key: path | base64, caption_key: str | [str] | {lang: str}}``."""
 
     name = "image-text"
+    text: TextProcessor
 
     def __init__(self, files, text: TextProcessor, transform: ImageTransform, image_key: str = "binary",
                  caption_key: str = "desc", is_image_rpath: bool = False, language: str | None = None, **kw):
@@ -54,6 +55,7 @@ class RegionTextDataset(AnnotationDataset):
     """
 
     name = "region-text"
+    text: TextProcessor
     sample_carries_seed = True
 
     def __init__(self, files, text: TextProcessor, transform: BoxAwareTransform, image_key: str = "binary",
@@ -111,6 +113,7 @@ class VideoTextDataset(AnnotationDataset):
     """
 
     name = "video-text"
+    text: TextProcessor
 
     def __init__(self, files, text: TextProcessor, transform: ImageTransform, video_key: str = "video_frames",
                  caption_key: str = "text", is_image_rpath: bool = False, frame_len: int = 3,
@@ -123,7 +126,7 @@ class VideoTextDataset(AnnotationDataset):
 
     def select(self, ann: dict, rng: random.Random | None = None) -> tuple[Any, str]:
         """The record's frame source (merged frame list for clip records) and its caption text."""
-        rng = rng or random
+        rng = rng or cast(random.Random, random)
         fmt = f"a video-text record needs {self.video_key}, {self.caption_key} (data.videos.*_key)"
         video, caption = need(ann, self.video_key, fmt), need(ann, self.caption_key, fmt)
         if isinstance(video, list) and video and all(isinstance(c, list) for c in video):
@@ -254,7 +257,7 @@ class MixedLoader:
         (each source's epoch-end line has its own count; skipped samples: :attr:`skipped`)."""
         return {"truncated_texts": sum(s.counters()["truncated_texts"] for s in self.streams.values())}
 
-    def state_dict(self) -> dict[str, dict[str, int | None]]:
+    def state_dict(self) -> dict[str, Mapping[str, int | None]]:
         return {"epochs": self.epochs, "consumed": {name: s.consumed for name, s in self.streams.items()},
                 "records": {name: s.records for name, s in self.streams.items()}, "skipped": dict(self.skipped)}
 

@@ -9,7 +9,7 @@ import multiprocessing.sharedctypes
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from dataset.io import BadSample
 
@@ -132,7 +132,7 @@ def robust_fetch(fetch: Callable[[int], Any], index: int, size: int, training: b
     """
     if not training:
         return fetch(index), 0
-    rng = rng or random  # the caller's seeded global state (see dataset.sampling.seeded_random)
+    rng = rng or cast(random.Random, random)  # the caller's seeded global state (see dataset.sampling.seeded_random)
     skipped = 0
     for _ in range(max_tries):
         try:

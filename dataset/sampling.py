@@ -157,9 +157,14 @@ class EpochStream:
             raise ValueError(f"data source '{self.name}' had {saved} samples when the checkpoint was written, "
                              f"it has {now} now")
         self._iter = None
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        sampler = getattr(self.loader, "sampler", None)
+        epoch, consumed = state["epoch"], state["consumed"]
+        if epoch is None or consumed is None:
+            raise TypeError(f"data source '{self.name}': the saved position has no epoch / consumed count")
+        self.epoch, self.consumed = int(epoch), int(consumed)
+        sampler: Any = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_start"):
+            if self.loader.batch_size is None:
+                raise TypeError(f"data source '{self.name}': a resumable sampler needs a loader with a batch_size")
             sampler.set_start(self.consumed * self.loader.batch_size)
         else:
             self._replay = self.consumed
@@ -170,6 +175,7 @@ class EpochStream:
     def __next__(self) -> Any:
         for _ in range(2):
             if self._iter is None:
+                part: Any
                 for part in (getattr(self.loader, "sampler", None), getattr(self.loader, "dataset", None)):
                     if hasattr(part, "set_epoch"):
                         part.set_epoch(self.epoch)

@@ -336,7 +336,9 @@ def write_tiny_xlmr(folder: str | Path, texts: list[str], hidden: int = 64, laye
     config and randomly initialised weights (seeded). Loads with ``AutoTokenizer`` / ``AutoModel``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+
+    # transformers 5: XLMRobertaTokenizerFast is an alias, exported lazily (not in __all__: mypy misses it)
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast  # type: ignore[attr-defined]
 
     words = sorted({w for t in texts for w in t.lower().split()})
     letters = sorted({c for w in words for c in w})

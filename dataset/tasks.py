@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from dataset.annotation import AnnotationDataset
 from dataset.io import AnnotationIndex, BadSample, load_image, looks_like_base64, need, read_json
-from dataset.text import pre_caption, pre_question
+from dataset.text import TEST_QUESTION_WORDS, pre_caption, pre_question
 from dataset.transforms import BoxAwareTransform, ImageTransform, check_box
 from dataset.video import load_frames
 
@@ -77,7 +78,7 @@ class _TaskDataset(AnnotationDataset):
         """``ann[key]``, or a :class:`dataset.io.MissingField` that says which fields the format needs."""
         return need(ann, key, f"a {self.name} record needs {self.fields}" if self.fields else "")
 
-    def image(self, value: str, texts: list[str] = ()) -> tuple[torch.Tensor, list[str]]:
+    def image(self, value: str, texts: Sequence[str] = ()) -> tuple[torch.Tensor, list[str]]:
         """``value`` (a path or base64 text) loaded and transformed with ``texts``."""
         return self.transform(load_image(value, None, self.root), texts)
 
@@ -181,7 +182,7 @@ class VQADataset(_TaskDataset):
             pixels, texts = self.transform(load_frames(path, self.frame_len, self.training), texts)
         else:
             pixels, texts = self.transform(load_image(image, None, root), texts)
-        question = pre_question(texts[0], self.max_words if self.training else 50)
+        question = pre_question(texts[0], self.max_words if self.training else TEST_QUESTION_WORDS)
         if not self.training:
             return {"image": pixels, "question": question, "question_id": self.need(ann, "question_id")}
         if not answers:
@@ -238,7 +239,7 @@ class GroundingDataset(_TaskDataset):
     fields = "image, text, bbox [x, y, w, h] in pixels; ref_id is optional"
 
     def __init__(self, files, transform: BoxAwareTransform | ImageTransform, **kw):
-        super().__init__(files, transform, **kw)
+        super().__init__(files, cast(ImageTransform, transform), **kw)  # training: a BoxAwareTransform (load)
 
     def load(self, i: int) -> dict:
         ann = self.index.get(i)
@@ -252,7 +253,7 @@ class GroundingDataset(_TaskDataset):
             return {"image": pixels, "text": pre_caption(text, self.max_words), "ref_id": ann.get("ref_id", i),
                     "image_size": torch.tensor(image.size), "bbox": torch.tensor(bbox, dtype=torch.float)}
         box = torch.tensor([check_box(bbox, *image.size, where="bbox")])
-        pixels, target, _, (text,) = self.transform(image, box, 0, [text])
+        pixels, target, _, (text,) = cast(BoxAwareTransform, self.transform)(image, box, 0, [text])
         return {"image": pixels, "text": pre_caption(text, self.max_words), "target_bbox": target[0]}
 
 
@@ -297,5 +298,6 @@ class VideoQADataset(_TaskDataset):
         ann = self.index.get(i)
         frames = load_frames(str(self.need(ann, self.video_key)), self.frame_len, self.training, root=self.root)
         pixels, (question,) = self.transform(frames, [self.need(ann, "question")])
-        return {"video": pixels, "question": pre_question(question, self.max_words if self.training else 50),
+        words = self.max_words if self.training else TEST_QUESTION_WORDS
+        return {"video": pixels, "question": pre_question(question, words),
                 "label": self.ans2label.get(ann.get("answer"), -100), "question_id": ann.get("question_id", i)}

@@ -6,9 +6,10 @@ import inspect
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from transformers import AutoTokenizer, BertTokenizerFast
+# transformers 5: BertTokenizerFast is an alias of BertTokenizer, exported lazily (not in __all__: mypy misses it)
+from transformers import AutoTokenizer, BertTokenizerFast  # type: ignore[attr-defined]
 
 from dataset.io import BadSample
 from dataset.masking import MaskGenerator
@@ -30,6 +31,11 @@ def pre_caption(caption: str, max_words: int = 30) -> str:
     if not text:
         raise BadSample(f"empty caption after cleaning (raw: {caption!r})")
     return text
+
+
+#: evaluation questions are cut at this many words, not at the training ``data.max_words`` (the official
+#: VQA / video QA datasets: "do not limit question length during test")
+TEST_QUESTION_WORDS = 50
 
 
 def pre_question(question: str, max_words: int = 30) -> str:
@@ -58,7 +64,7 @@ def has_left_right(text: str) -> bool:
 
 def choose_caption(value: Any, language: str | None = None, rng: random.Random | None = None) -> str:
     """A caption field may be a string, a list (one is drawn) or a {language: text} dict (multilingual)."""
-    rng = rng or random
+    rng = rng or cast(random.Random, random)
     if isinstance(value, list):
         if not value:
             raise BadSample("caption list is empty")

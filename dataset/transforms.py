@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -74,7 +75,7 @@ class OfficialRandAugment:
         raise ValueError(f"unknown RandAugment op {op}")
 
     def __call__(self, img: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
-        rng = rng or random
+        rng = rng or cast(random.Random, random)
         for _ in range(self.num_ops):
             op = rng.choice(self.ops)
             if rng.random() < 0.5:
@@ -115,12 +116,13 @@ class ImageTransform:
 
     def __init__(self, image_res: int, train: bool, scale: tuple[float, float] = (0.2, 1.0), hflip: str = "swap",
                  randaugment: bool = True, ops: Sequence[str] = GEOMETRIC_OPS, magnitude: int = 7):
-        self.res, self.train, self.scale, self.hflip = image_res, train, tuple(scale), hflip
+        self.res, self.train, self.hflip = image_res, train, hflip
+        self.scale = cast(tuple[float, float], tuple(scale))
         self.randaug = OfficialRandAugment(2, magnitude, ops) if randaugment else None
 
     def __call__(self, image: Image.Image | torch.Tensor, texts: Sequence[str] = (),
                  rng: random.Random | None = None) -> tuple[torch.Tensor, list[str]]:
-        rng = rng or random
+        rng = rng or cast(random.Random, random)
         img = to_uint8_tensor(image)
         texts = list(texts)
         if not self.train:
@@ -164,7 +166,7 @@ class BoxAwareTransform:
     def __call__(self, image: Image.Image | torch.Tensor, boxes_xywh: torch.Tensor, anchor: int,
                  texts: Sequence[str] = (), rng: random.Random | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        rng = rng or random
+        rng = rng or cast(random.Random, random)
         img = to_uint8_tensor(image)
         H, W = img.shape[-2:]
         xyxy = xywh_to_xyxy(boxes_xywh.float())

@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -27,7 +28,7 @@ def sample_frame_indices(n_frames: int, n_samples: int, training: bool, rng: ran
     """
     if n_frames <= 0:
         raise BadSample("video has no frames")
-    rng = rng or random
+    rng = rng or cast(random.Random, random)
     if n_frames < n_samples:
         if training:
             extra = [rng.randrange(n_frames) for _ in range(n_samples - n_frames)]
@@ -60,7 +61,7 @@ def select_clips(clips: Sequence[Sequence], captions: Sequence[str] | None, cont
         raise BadSample("video has an empty clip list")
     if n == 1:
         return [0]
-    rng = rng or random
+    rng = rng or cast(random.Random, random)
     caps = None if captions is None else [str(c).strip() for c in captions]
     usable = [caps is None or caps[i] not in skip for i in range(n)]
     if not continuous:

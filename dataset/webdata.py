@@ -137,7 +137,7 @@ class ShardStream(IterableDataset):
         self.guard.bad(error)
         return True
 
-    def _records(self) -> Iterator[dict]:
+    def _records(self) -> Iterator[tuple[dict, str]]:
         shards = list(self.shards)
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(shards)

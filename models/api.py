@@ -21,20 +21,25 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from PIL import Image
-from torch import nn
 
 from dataset import image_transform, load_tokenizer
 from dataset.io import load_image, to_rgb
-from dataset.text import pre_caption, pre_question
+from dataset.text import TEST_QUESTION_WORDS, pre_caption, pre_question
 from models.checkpoint import WEIGHTS_NAME, CheckpointError, LoadReport, check_fits
 from models.tokens import Tokens
 from models.vqa import X2VLMForVQA
 from models.x2vlm import X2VLM
 from utils.box_ops import cxcywh_to_pixels_xyxy
 from utils.config import RESOLVED_NAME, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from models.captioning import X2VLMForCaptioning
+
+ViewT = TypeVar("ViewT", bound=X2VLM)
 
 log = logging.getLogger("x2vlm.api")
 
@@ -57,7 +62,7 @@ def _as_list(value, kind: type | tuple[type, ...]) -> tuple[list, bool]:
     return items, False
 
 
-def _shared_view(model: nn.Module, cls: type[X2VLM]) -> X2VLM:
+def _shared_view(model: X2VLM, cls: type[ViewT]) -> ViewT:
     """An instance of ``cls`` (built on the meta device, so nothing is allocated) whose parameters and
     buffers are ``model``'s own objects, name for name: same weights, same memory, ties kept. ``cls`` must
     hold a subset of ``model``'s parameter names (e.g. the captioning model, which drops heads)."""
@@ -87,7 +92,7 @@ class X2VLMInference:
         # heads the checkpoint did not have (fresh init): a method that needs one refuses instead of answering
         self.untrained = {k.split(".", 1)[0] for k in load_report.fresh} if load_report is not None else set()
         self._transform = image_transform(cfg, train=False)
-        self._captioner: X2VLM | None = None
+        self._captioner: X2VLMForCaptioning | None = None
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -122,7 +127,7 @@ class X2VLMInference:
         """``(ids, atts)`` of the cleaned texts (``pre_question`` when ``question``), padded to the longest."""
         items, _ = _as_list(texts, str)
         d = self.cfg["data"]
-        cleaned = [pre_question(t, 50) if question else pre_caption(t, d["max_words"]) for t in items]
+        cleaned = [pre_question(t, TEST_QUESTION_WORDS) if question else pre_caption(t, d["max_words"]) for t in items]
         enc = self.tokenizer(cleaned, padding="longest", truncation=True,
                              max_length=max_tokens or d["max_tokens"], return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
@@ -149,24 +154,25 @@ class X2VLMInference:
         return self.model.encode_text(ids, atts), atts
 
     @torch.no_grad()
-    def encode_image(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
-        """L2-normalised ITC image features: ``(D,)`` for one image, ``(B, D)`` for a list."""
-        self._require("encode_image", "vision_proj")
+    def image_features(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        """L2-normalised ITC image features: ``(D,)`` for one image, ``(B, D)`` for a list (the model's
+        :meth:`~models.x2vlm.X2VLM.image_features` of its ``encode_image`` tokens)."""
+        self._require("image_features", "vision_proj")
         feats = self.model.image_features(self._image_tokens(images)[0]).float()
         return feats[0] if _as_list(images, (str, os.PathLike, Image.Image))[1] else feats
 
     @torch.no_grad()
-    def encode_text(self, texts: Texts) -> torch.Tensor:
+    def text_features(self, texts: Texts) -> torch.Tensor:
         """L2-normalised ITC text features: ``(D,)`` for one text, ``(T, D)`` for a list."""
-        self._require("encode_text", "text_proj")
+        self._require("text_features", "text_proj")
         feats = self.model.text_features(self._text_tokens(texts)[0]).float()
         return feats[0] if isinstance(texts, str) else feats
 
     @torch.no_grad()
     def similarity(self, images: ImageInput | Sequence[ImageInput], texts: Texts) -> torch.Tensor:
         """ITC cosine similarity ``(B, T)`` of every image with every text (in [-1, 1])."""
-        image = self.encode_image(images).reshape(-1, self.model.vision_proj.out_features)
-        text = self.encode_text(texts).reshape(-1, self.model.text_proj.out_features)
+        image = self.image_features(images).reshape(-1, self.model.vision_proj.out_features)
+        text = self.text_features(texts).reshape(-1, self.model.text_proj.out_features)
         return image @ text.t()
 
     @torch.no_grad()
@@ -198,7 +204,7 @@ class X2VLMInference:
         return (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))
 
     # ------------------------------------------------------------------ generation
-    def captioner(self) -> X2VLM:
+    def captioner(self) -> X2VLMForCaptioning:
         """The captioning model (models/captioning.py) sharing this model's weights."""
         if self._captioner is None:
             from models.captioning import X2VLMForCaptioning

@@ -26,7 +26,7 @@ Training batch (from :class:`dataset.captions.CaptionMLMCollate`): ``image`` ``(
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -74,14 +74,15 @@ def smoothed_kl_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: floa
 class X2VLMForCaptioning(X2VLM):
     """The backbone and the (tied) MLM head, as the official captioning model (no ITC / ITM / bbox head).
 
-    ``label_smoothing`` (official 0.1) is set by the task script."""
+    ``label_smoothing`` (official 0.1) comes from ``caption.label_smoothing`` (:meth:`from_config`); a model
+    built otherwise (e.g. the Python API's generation view) sets it before training."""
 
     heads = ("mlm",)
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
         self.fusion.freeze_unused_for_causal_text()  # FIBER: its image stream never reads a causal text
-        self.label_smoothing = 0.1
+        self.label_smoothing: float | None = None
         self._cls_id: int | None = None
         self._sep_id: int | None = None
         self._mask_id: int | None = None
@@ -89,6 +90,14 @@ class X2VLMForCaptioning(X2VLM):
         emb = self.text_encoder.embeddings
         # RoBERTa-style position ids start after the padding index
         self._pos_offset = emb.padding_idx + 1 if "roberta" in type(emb).__name__.lower() else 0
+
+    @classmethod
+    def from_config(cls, cfg: dict, load_weights: bool = True, trusted: bool | None = None) -> Self:
+        """As :meth:`X2VLM.from_config`; with the full config, ``label_smoothing`` from ``caption.label_smoothing``."""
+        model = super().from_config(cfg, load_weights, trusted)
+        if "caption" in cfg:
+            model.label_smoothing = float(cfg["caption"]["label_smoothing"])
+        return model
 
     def caption_states(self, ids: torch.Tensor, position_ids: torch.Tensor, attn: torch.Tensor,
                        image_embeds: Tokens, image_atts: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,8 +113,10 @@ class X2VLMForCaptioning(X2VLM):
         attn = caption_attention(batch["text_atts"], batch.get("mask_slots"))
         states = self.caption_states(batch["text_ids"], batch["position_ids"], attn, image_embeds, image_atts)
         logits = self.mlm_logits(states, batch["mlm_positions"])
-        self._check_special_tokens()
-        loss = smoothed_kl_loss(logits, batch["mlm_labels"], self.label_smoothing, self._cls_id)
+        cls_id = self._special_tokens()[0]
+        if self.label_smoothing is None:
+            raise RuntimeError("set label_smoothing (caption.label_smoothing; from_config does) before training")
+        loss = smoothed_kl_loss(logits, batch["mlm_labels"], self.label_smoothing, cls_id)
         return {"loss": loss}
 
     def set_special_tokens(self, tokenizer) -> None:
@@ -116,14 +127,16 @@ class X2VLMForCaptioning(X2VLM):
             tokenizer.mask_token_id
         self._n_tokens = len(tokenizer)
 
-    def _check_special_tokens(self) -> None:
+    def _special_tokens(self) -> tuple[int, int, int]:
+        """``([CLS], [SEP], [MASK])`` ids, as :meth:`set_special_tokens` set them."""
         if self._cls_id is None or self._sep_id is None or self._mask_id is None:
             raise RuntimeError("call set_special_tokens(tokenizer) first: the model needs [CLS], [SEP] and [MASK]")
+        return self._cls_id, self._sep_id, self._mask_id
 
     def next_token_logprobs(self, image_embeds: Tokens, prefix: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``(N, V)`` of the token after ``prefix`` ``(N, L)`` (a ``[MASK]`` is appended)."""
         n, length = prefix.shape
-        ids = torch.cat([prefix, prefix.new_full((n, 1), self._mask_id)], dim=1)
+        ids = torch.cat([prefix, prefix.new_full((n, 1), self._special_tokens()[2])], dim=1)
         atts = torch.ones_like(ids)
         pos = torch.arange(length + 1, device=ids.device)[None].expand(n, -1)
         states = self.caption_states(ids, pos, caption_attention(atts), image_embeds)
@@ -134,7 +147,7 @@ class X2VLMForCaptioning(X2VLM):
                  min_length: int = 5, length_penalty: float = 0.0, no_repeat_ngram: int = 3) -> list[list[int]]:
         """Token ids of one caption per image (without the prompt and the final ``[SEP]``); see the module
         docstring. ``max_length`` counts generated tokens."""
-        self._check_special_tokens()
+        sep_id = self._special_tokens()[1]
         image_embeds, _ = self.encode_image(images)
         b, k, dev = images.shape[0], num_beams, images.device
         image_embeds = image_embeds.repeat_interleave(k, 0)
@@ -150,7 +163,7 @@ class X2VLMForCaptioning(X2VLM):
             if self._n_tokens is not None and self._n_tokens < logp.shape[-1]:
                 logp[:, self._n_tokens:] = -math.inf
             if step < min_length:
-                logp[:, self._sep_id] = -math.inf
+                logp[:, sep_id] = -math.inf
             if no_repeat_ngram > 0 and gen.shape[1] + 1 >= no_repeat_ngram:
                 _block_repeats(logp, gen.tolist(), no_repeat_ngram)
             top_lp, top_id = logp.topk(k, dim=-1)  # each beam proposes its best k tokens
@@ -160,10 +173,10 @@ class X2VLMForCaptioning(X2VLM):
             rows = (torch.arange(b, device=dev)[:, None] * k + torch.div(idx, k, rounding_mode="floor")).reshape(-1)
             gen = torch.cat([gen[rows], token.reshape(-1, 1)], dim=1)
             score = best
-            ended = (token == self._sep_id) & torch.isfinite(best)
+            ended = (token == sep_id) & torch.isfinite(best)
             for i, j in ended.nonzero().tolist():
                 done[i].append((_normalise(float(best[i, j]), step, length_penalty), gen[i * k + j, :-1].tolist()))
-            score = score.masked_fill(token == self._sep_id, -math.inf)
+            score = score.masked_fill(token == sep_id, -math.inf)
             if _finished(done, score, length_penalty):
                 break
         out = []

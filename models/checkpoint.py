@@ -18,6 +18,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors.torch import load_file, save_model
@@ -29,12 +30,37 @@ from models.position_tables import resize_rel_pos_bias_table
 from utils.atomic import atomic_write
 from utils.trust import is_trusted, trust_checkpoints  # noqa: F401  (trust_checkpoints: re-exported)
 
+if TYPE_CHECKING:
+    from models.vision import BEiT2VisionEncoder
+    from models.x2vlm import X2VLM
+
 WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Resized:
+    """A checkpoint tensor fitted to the model's shape (interpolated position tables, frame embeddings)."""
+
+    key: str
+    checkpoint: tuple[int, ...]
+    model: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.checkpoint} -> {self.model}"
+
+
+@dataclass(frozen=True)
+class Mismatched(Resized):
+    """A checkpoint tensor whose shape does not fit the model's and cannot be fitted: not loaded."""
+
+    def __str__(self) -> str:
+        return f"{self.key}: checkpoint {self.checkpoint} vs model {self.model}"
 
 
 @dataclass
 class LoadReport:
-    """What happened to every key: loaded, resized, missing, unexpected, shape-mismatched, derived.
+    """What happened to every key: loaded (``resized`` ones among them), missing, unexpected, shape-mismatched
+    (not loaded), derived.
 
     ``architecture``: the fusion architecture the checkpoint's keys show (``x2vlm``, ``fiber`` or ``None``)."""
 
@@ -42,8 +68,8 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
+    resized: list[Resized] = field(default_factory=list)
+    mismatched: list[Mismatched] = field(default_factory=list)
     derived: list[str] = field(default_factory=list)
     architecture: str | None = None
 
@@ -76,7 +102,7 @@ class LoadReport:
                  f"{len(self.mismatched)} shape-mismatched, {len(self.derived)} derived buffers skipped"]
         for name in ("missing", "unexpected", "mismatched", "resized"):
             for key in getattr(self, name):
-                lines.append(f"  {name}: {key}")
+                lines.append(f"  {name}: {key}")  # Resized / Mismatched render as "key: shapes"
         return "\n".join(lines)
 
 
@@ -155,7 +181,7 @@ def _fit_vision_tensor(key: str, value: torch.Tensor, target: torch.Tensor, enco
             return None  # a different number of heads cannot be interpolated
         module = encoder.get_submodule(key[len(prefix):-len(".relative_position_bias_table")])
         try:
-            return resize_rel_pos_bias_table(value, module.window_size)
+            return resize_rel_pos_bias_table(value, cast(Any, module).window_size)  # timm's Attention
         except ValueError:  # a table of no square window: report it as mismatched
             return None
     if key.endswith("patch_embed.proj.weight") and value.shape[:2] == target.shape[:2]:
@@ -177,12 +203,13 @@ def _fit_frame_embed(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor 
     return out
 
 
-def _alias_groups(model: nn.Module) -> dict[str, set[str]]:
-    """Keys of the state dict that share storage (tied weights) with each other."""
-    by_ptr: dict[tuple[int, tuple], set[str]] = {}
+def alias_groups(model: nn.Module) -> dict[str, set[str]]:
+    """Every state-dict key → the keys naming the same tensor (tied weights: the MLM decoder and the word
+    embeddings); an untied key maps to itself alone."""
+    by_tensor: dict[int, set[str]] = {}
     for k, v in model.state_dict(keep_vars=True).items():
-        by_ptr.setdefault((v.data_ptr(), tuple(v.shape)), set()).add(k)
-    return {k: group for group in by_ptr.values() for k in group}
+        by_tensor.setdefault(id(v), set()).add(k)
+    return {k: group for group in by_tensor.values() for k in group}
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -190,7 +217,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     """Copy ``state`` (already in our key layout) into ``model``, resizing where meaningful."""
     report = LoadReport(source=source)
     own = model.state_dict()
-    aliases = _alias_groups(model)
+    aliases = alias_groups(model)
     vision = model.get_submodule(vision_prefix[:-1]) if vision_prefix else model
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -208,9 +235,9 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             elif key.endswith("absolute_frame_pos_embed"):
                 fitted = _fit_frame_embed(value, target)
             if fitted is None or fitted.shape != target.shape:
-                report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+                report.mismatched.append(Mismatched(key, tuple(value.shape), tuple(target.shape)))
                 continue
-            report.resized.append(f"{key}: {tuple(value.shape)} -> {tuple(target.shape)}")
+            report.resized.append(Resized(key, tuple(value.shape), tuple(target.shape)))
             value = fitted
         to_load[key] = value.to(target.dtype)
     model.load_state_dict(to_load, strict=False)
@@ -277,7 +304,7 @@ class TextSwapReport(LoadReport):
         return "\n".join(lines)
 
 
-def load_text_swap(model: nn.Module, path: str | os.PathLike, mode: str, from_text_model: list[str],
+def load_text_swap(model: X2VLM, path: str | os.PathLike, mode: str, from_text_model: list[str],
                    trusted: bool | None = None) -> TextSwapReport:
     """Load the parts of an English X²-VLM checkpoint (official ``.th`` or ours) that a swap in ``mode`` keeps
     (:func:`swap_keeps`) into ``model``, whose text side already holds the new text model's weights
@@ -288,8 +315,8 @@ def load_text_swap(model: nn.Module, path: str | os.PathLike, mode: str, from_te
     pattern = model.fusion.CROSS_ATTENTION_KEYS
     keep = {k: v for k, v in state.items() if swap_keeps(mode, k, pattern)}
     base = load_state_into(model, keep, str(path))
-    aliases = _alias_groups(model)
-    loaded = set(base.loaded) | {e.split(":", 1)[0] for e in base.resized}
+    aliases = alias_groups(model)
+    loaded = set(base.loaded)  # resized keys included
     text = {a for k in from_text_model for a in aliases.get(k, {k})} - loaded
     dropped = sorted(k for k in state if k not in keep and not is_derived(k))
     report = TextSwapReport(**vars(base), mode=mode, dropped=dropped)
@@ -299,7 +326,7 @@ def load_text_swap(model: nn.Module, path: str | os.PathLike, mode: str, from_te
     return report
 
 
-def copy_word_embeddings(model: nn.Module, folder: str | os.PathLike) -> list[str]:
+def copy_word_embeddings(model: X2VLM, folder: str | os.PathLike) -> list[str]:
     """Copy the input word embeddings of a Hugging Face model folder into ``model.text_encoder`` when the shapes
     agree; returns the keys written (none when they differ: the table then stays freshly initialised)."""
     state = read_state_dict(folder)
@@ -342,7 +369,7 @@ def check_fits(report: LoadReport, architecture: str, allow_partial: bool = Fals
             f"checkpoint {report.source} holds a model.architecture={report.architecture} model, but this model is "
             f"{architecture}: set model.architecture={report.architecture} (or use the config the checkpoint was "
             f"trained with), {escape}")
-    mismatched = [m.split(":", 1)[0] for m in report.mismatched]
+    mismatched = [m.key for m in report.mismatched]
     parts: dict[str, list[str]] = {}
     for kind, keys in (("missing", report.missing), ("shape-mismatched", mismatched),
                        ("not in the model", report.unexpected)):
@@ -372,7 +399,8 @@ def beit2_to_timm(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch
     return out
 
 
-def load_vision_weights(encoder: nn.Module, path: str | os.PathLike, trusted: bool | None = None) -> LoadReport:
+def load_vision_weights(encoder: BEiT2VisionEncoder, path: str | os.PathLike,
+                        trusted: bool | None = None) -> LoadReport:
     """Initialise the vision encoder from a BEiT-2 release ``.pth`` or a timm BEiT state dict."""
     state = read_state_dict(path, trusted=trusted)
     if any(k.startswith("vision_encoder.") for k in state):

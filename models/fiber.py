@@ -40,6 +40,7 @@ at 0 the image hardly reaches the text [CLS] (zero-shot grounding 0.5 % vs 1.6 %
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ def _hf_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (~mask).to(dtype) * torch.finfo(dtype).min  # 4.x: additive "extended" mask
 
 
-def text_layer_step(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, cross: GatedCrossAttention,
+def text_layer_step(layer: Any, hidden: torch.Tensor, mask: torch.Tensor, cross: GatedCrossAttention,
                     image: torch.Tensor, image_mask: torch.Tensor | None,
                     image_index: torch.Tensor | None = None) -> torch.Tensor:
     """One BERT/RoBERTa layer (HF module, used through its submodules) with the gated text→image
@@ -114,7 +115,7 @@ def text_layer_step(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, 
     return layer.output(layer.intermediate(a), a)
 
 
-def vision_block_step(block: nn.Module, x: torch.Tensor, cross: GatedCrossAttention | None,
+def vision_block_step(block: Any, x: torch.Tensor, cross: GatedCrossAttention | None,
                       text: torch.Tensor | None, text_mask: torch.Tensor | None,
                       rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
     """One timm BEiT block with the gated image→text cross-attention added to its attention branch (before the
@@ -174,9 +175,13 @@ class FiberFusion(Fusion):
 
     def gates(self) -> dict[str, float]:
         """Current gate values, ``{"text.k": alpha, "image.k": alpha}`` (for logs and tests)."""
-        out = {f"text.{k}": float(m.gate) for k, m in enumerate(self.text_cross)}
-        out.update({f"image.{k}": float(m.gate) for k, m in enumerate(self.image_cross)})
+        out = {f"text.{k}": float(m.gate) for k, m in enumerate(self._crosses(self.text_cross))}
+        out.update({f"image.{k}": float(m.gate) for k, m in enumerate(self._crosses(self.image_cross))})
         return out
+
+    @staticmethod
+    def _crosses(modules: nn.ModuleList) -> list[GatedCrossAttention]:
+        return [cast(GatedCrossAttention, m) for m in modules]
 
     # ------------------------------------------------------------------ the interface's passes
     def encode_vision(self, backbones: Backbones, images: torch.Tensor) -> Tokens:
@@ -210,7 +215,7 @@ class FiberFusion(Fusion):
                 *, backbones: Backbones, text_mask: torch.Tensor | None = None,
                 return_image: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Fused text tokens ``(B, Lt, H)``; with ``return_image`` also the fused image tokens ``(B, Lv, Dv)``
-        (after the vision encoder's head: [mean of patches, patches]).
+        (as the vision encoder's ``output_tokens``: [mean of patches, patches]).
 
         ``text`` (B, Lt, H) and ``vision`` (B or U, Lv, Dv) are the backbone states (``Tokens.state``);
         ``vision_atts`` masks the visual keys (region concepts); ``vision_index`` (B,) names text row i's visual
@@ -220,7 +225,7 @@ class FiberFusion(Fusion):
         read_text = text_mask is None and not causal
         if text_mask is None:
             atts = text_atts if text_atts is not None else text.new_ones(text.shape[:2], dtype=torch.long)
-            text_mask = attention_mask(atts, t.shape[1], causal)
+            text_mask = cast(torch.Tensor, attention_mask(atts, t.shape[1], causal))  # atts given: a mask
         if read_text and vision_index is not None:  # each text gets its own image stream
             v = v.index_select(0, vision_index)
             vision_atts = vision_atts.index_select(0, vision_index) if vision_atts is not None else None
@@ -231,8 +236,9 @@ class FiberFusion(Fusion):
         rel_pos_bias = vision_encoder.rel_pos_bias() if vision_encoder.rel_pos_bias is not None else None
         blocks = vision_encoder.blocks[len(vision_encoder.blocks) - k:]
         layers = text_encoder.encoder.layer[len(text_encoder.encoder.layer) - k:]
+        image_crosses, text_crosses = self._crosses(self.image_cross), self._crosses(self.text_cross)
         for j in range(k):
-            image_cross, text_cross = self.image_cross[j], self.text_cross[j]
+            image_cross, text_cross = image_crosses[j], text_crosses[j]
             text_in = t if read_text else None
             if self.grad_checkpointing and self.training:
                 v = checkpoint(vision_block_step, blocks[j], v, image_cross, text_in, text_keys, rel_pos_bias,
@@ -242,7 +248,7 @@ class FiberFusion(Fusion):
             else:
                 v = vision_block_step(blocks[j], v, image_cross, text_in, text_keys, rel_pos_bias)
                 t = text_layer_step(layers[j], t, text_mask, text_cross, v, vision_keys, vision_index)
-        return (t, vision_encoder.head(v)) if return_image else t
+        return (t, vision_encoder.output_tokens(v)) if return_image else t
 
 
 def _state(tokens: Tokens) -> torch.Tensor:

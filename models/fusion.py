@@ -8,6 +8,8 @@ All attention runs through ``torch.nn.functional.scaled_dot_product_attention``.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,7 +130,7 @@ class FusionEncoder(nn.Module):
         self.grad_checkpointing = False
 
     #: our key patterns (under ``fusion.``) of the cross-attention weights, which a text-encoder swap keeps
-    CROSS_ATTENTION_KEYS = r"layer\.\d+\.crossattention\..+"
+    CROSS_ATTENTION_KEYS: ClassVar[str] = r"layer\.\d+\.crossattention\..+"
 
     @torch.no_grad()
     def init_from_text(self, text_layers: nn.ModuleList) -> list[str]:
@@ -166,8 +168,6 @@ class FusionEncoder(nn.Module):
 class X2VLMFusion(FusionEncoder, Fusion):
     """X²-VLM's fusion: ``model.fusion.layers`` :class:`FusionLayer` after the two encoders, sized like the text
     encoder; the box comes from the fused text [CLS]. Tokens carry no backbone state."""
-
-    CROSS_ATTENTION_KEYS = FusionEncoder.CROSS_ATTENTION_KEYS
 
     @classmethod
     def from_config(cls, model_cfg: dict, text_config) -> X2VLMFusion:

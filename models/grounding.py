@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from models import losses as L
 from models.x2vlm import X2VLM
 
 
@@ -27,7 +28,7 @@ class X2VLMForGrounding(X2VLM):
         text_atts = batch["text_atts"]
         text_embeds = self.encode_text(batch["text_ids"], text_atts)
         losses = self.box_losses(image_embeds, text_embeds, text_atts, batch["target_bbox"])
-        return {"loss": sum(losses.values()), **losses}
+        return {"loss": L.total(losses), **losses}
 
 
 __all__ = ["X2VLMForGrounding"]

@@ -1,12 +1,20 @@
 """X²-VLM pretraining losses (paper §III-C): ITC, ITM with hard negatives, MLM, bbox (L1 + GIoU)."""
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather as _all_gather_with_grad
 
 from utils.box_ops import paired_giou_loss
+
+
+def total(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of ``losses`` (at least one), added in order as the built-in ``sum`` does."""
+    return functools.reduce(operator.add, losses.values())
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ class X2VLMForNLVR(X2VLM):
     """The backbone (vision, text, fusion) plus ``cls_head``, as the official NLVR model (no pretraining head:
     a pretraining checkpoint's heads are reported unused)."""
 
-    heads = ()
+    heads: tuple[str, ...] = ()
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)

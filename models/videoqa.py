@@ -24,7 +24,7 @@ class X2VLMForVideoQA(X2VLM):
     """The backbone (vision, text, fusion) plus ``cls_head`` over ``model.num_answers`` classes, as the official
     classifier (no pretraining head)."""
 
-    heads = ()
+    heads: tuple[str, ...] = ()
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)

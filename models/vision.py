@@ -29,7 +29,8 @@ class BEiT2VisionEncoder(Beit):
         super().__init__(
             img_size=image_res, patch_size=patch_size, num_classes=0, global_pool="avg",
             embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-            drop_path_rate=drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=init_values,
+            drop_path_rate=drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6),  # type: ignore[arg-type]  # timm: any factory
+            init_values=init_values,
             use_abs_pos_emb=abs_pos_emb, use_rel_pos_bias=True, use_shared_rel_pos_bias=False, use_fc_norm=True,
         )
         self.width = width
@@ -63,19 +64,19 @@ class BEiT2VisionEncoder(Beit):
                 x = blk(x, shared_rel_pos_bias=rel_pos_bias)
         return x
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
+    def output_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Last block's output → tokens ``(B, 1 + P, D)``: [mean of patches, patches] after ``fc_norm``."""
         patches = self.fc_norm(self.norm(x)[:, 1:])
         return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Images ``(B, 3, H, W)`` → tokens ``(B, 1 + P, D)``: [mean of patches, patches]."""
-        return self.head(self.run_blocks(self.embed(images)))
+        return self.output_tokens(self.run_blocks(self.embed(images)))
 
     def forward_with_state(self, images: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`forward`, plus the sequence entering block ``start`` ([CLS], patches), from one pass."""
         state = self.run_blocks(self.embed(images), 0, start)
-        return self.head(self.run_blocks(state, start)), state
+        return self.output_tokens(self.run_blocks(state, start)), state
 
 
 def box_patch_mask(boxes: torch.Tensor, grid_size: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ official sum, which counts the first token twice — and re-ranked by that score
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,7 @@ class X2VLMForVQA(X2VLM):
     """X²-VLM + answer decoder, as the official VQA model (no pretraining head). Build with :meth:`from_config`;
     train with ``forward(batch)``; answer with :meth:`answer` / :meth:`rank_answers` (see the module docstring)."""
 
-    heads = ()
+    heads: tuple[str, ...] = ()
 
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__(model_cfg, loss_cfg, load_text_weights)
@@ -127,12 +127,12 @@ class X2VLMForVQA(X2VLM):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: dict, load_weights: bool = True) -> "X2VLMForVQA":
+    def from_config(cls, cfg: dict, load_weights: bool = True, trusted: bool | None = None) -> Self:
         """As :meth:`X2VLM.from_config`. A checkpoint without decoder (pretraining) gives the decoder the official
         init from its own weights (:meth:`adapt_checkpoint_state`); with pretrained weights but no checkpoint
         (text / vision weights only) the decoder starts as a copy of the model's embeddings / fusion layers.
         With any pretrained weights every decoder parameter gets ``optimizer.lr_mult``."""
-        model = super().from_config(cfg, load_weights)
+        model = super().from_config(cfg, load_weights, trusted)
         m = cfg["model"] if isinstance(cfg.get("model"), dict) else cfg
         pretrained = load_weights and bool(m["vision"].get("checkpoint") or m["text"].get("name_or_path")
                                            or m.get("checkpoint"))

@@ -18,9 +18,10 @@ draws so they are reproducible and identical however the global batch is split o
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,11 @@ from models.text import build_text_encoder, swap_mode
 from models.tokens import Tokens
 from models.vision import BEiT2VisionEncoder, box_patch_mask, region_concepts
 from models.weight_init import bert_init_
+from utils.config import load_defaults
+
+if TYPE_CHECKING:
+    from models.checkpoint import LoadReport, TextSwapReport
+    from models.fusion_interface import Fusion
 
 
 def _model_section(cfg: dict) -> dict:
@@ -49,10 +55,27 @@ class X2VLM(nn.Module):
 
     heads: tuple[str, ...] = ("mlm", "itc", "itm", "bbox")
 
+    vision_encoder: BEiT2VisionEncoder
+    text_encoder: Any  # a Hugging Face BERT / RoBERTa / XLM-R model (models.text.build_text_encoder)
+    fusion: Fusion
+    absolute_frame_pos_embed: nn.Parameter | None
+    # the heads, present as ``heads`` says (HEAD_BUILDERS)
+    mlm_head: MLMHead
+    vision_proj: nn.Linear
+    text_proj: nn.Linear
+    temp: nn.Parameter
+    itm_head: nn.Module
+    bbox_head: nn.Module
+    # what from_config loaded: reports of the vision weights, the text-encoder swap and model.checkpoint
+    init_report: LoadReport
+    swap_report: TextSwapReport
+    load_report: LoadReport
+    fresh_parameters: set[str]  # parameters no pretrained weight reached (they get optimizer.lr_mult)
+
     def __init__(self, model_cfg: dict, loss_cfg: dict | None = None, load_text_weights: bool = True):
         super().__init__()
         self.cfg = model_cfg
-        self.loss_cfg = dict(loss_cfg or {"itc": True, "itm": True, "mlm": True, "bbox": True})
+        self.loss_cfg = dict(loss_cfg if loss_cfg is not None else load_defaults()["loss"])
         v = model_cfg["vision"]
         self.vision_encoder = BEiT2VisionEncoder(
             image_res=model_cfg["image_res"], patch_size=model_cfg["patch_size"], width=v["width"],
@@ -70,7 +93,7 @@ class X2VLM(nn.Module):
         for name in (n for n in HEAD_BUILDERS if n in self.heads):  # only the heads this (task) model has
             for attr, module in HEAD_BUILDERS[name](self, model_cfg).items():
                 setattr(self, attr, module)
-        if model_cfg.get("max_frames", 0) > 0:
+        if model_cfg["max_frames"] > 0:
             self.absolute_frame_pos_embed = nn.Parameter(
                 torch.zeros(1, model_cfg["max_frames"], 1, self.vision_width))
             nn.init.trunc_normal_(self.absolute_frame_pos_embed, std=0.02)
@@ -82,7 +105,7 @@ class X2VLM(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: dict, load_weights: bool = True, trusted: bool | None = None) -> "X2VLM":
+    def from_config(cls, cfg: dict, load_weights: bool = True, trusted: bool | None = None) -> Self:
         """Build from the full config (``model`` + ``loss`` sections) or the model section alone.
 
         With ``load_weights``: HF text weights from ``model.text.name_or_path``, BEiT-2 weights from
@@ -94,29 +117,26 @@ class X2VLM(nn.Module):
         model_cfg = _model_section(cfg)
         model = cls(model_cfg, cfg.get("loss") if "model" in cfg else None, load_text_weights=load_weights)
         pretrained: set[str] = set()
+        from models.checkpoint import alias_groups, check_fits, load_vision_weights
         if load_weights:
-            from models.checkpoint import check_fits, load_vision_weights
             if model_cfg["vision"].get("checkpoint"):
                 model.init_report = load_vision_weights(model.vision_encoder, model_cfg["vision"]["checkpoint"],
                                                         trusted=trusted)
-                pretrained |= {"vision_encoder." + k for k in _report_keys(model.init_report)}
+                pretrained |= {"vision_encoder." + k for k in model.init_report.loaded}
             if swap_mode(model_cfg["text"]) != "none":
                 model.swap_report = model.swap_text_encoder(trusted=trusted)
-                pretrained |= set(_report_keys(model.swap_report)) | set(model.swap_report.from_text_model)
+                pretrained |= set(model.swap_report.loaded) | set(model.swap_report.from_text_model)
             elif model_cfg["text"].get("name_or_path"):
                 pretrained |= {n for n, _ in model.named_parameters() if n.startswith("text_encoder.")}
-                if model_cfg["fusion"].get("init_from_text", True):
+                if model_cfg["fusion"]["init_from_text"]:
                     pretrained |= set(model.init_fusion_from_text())
             if model_cfg.get("checkpoint"):
                 model.load_report = model.load_checkpoint(model_cfg["checkpoint"], trusted=trusted)
                 check_fits(model.load_report, model.architecture, bool(model_cfg.get("allow_partial_load")))
-                pretrained |= set(_report_keys(model.load_report))
+                pretrained |= set(model.load_report.loaded)
         # parameters no pretrained weight reached get optimizer.lr_mult (none when training from scratch);
         # a tied parameter counts as loaded under any of its names
-        aliases: dict[int, set[str]] = {}
-        for n, p in model.named_parameters(remove_duplicate=False):
-            aliases.setdefault(id(p), set()).add(n)
-        for names_of_one in aliases.values():
+        for names_of_one in alias_groups(model).values():
             if names_of_one & pretrained:
                 pretrained |= names_of_one
         names = {n for n, _ in model.named_parameters()}
@@ -331,31 +351,34 @@ class X2VLM(nn.Module):
         text_embeds = self.encode_text(text_ids, text_atts)
         out: dict[str, torch.Tensor] = {}
         ids = batch.get("ids")
-        if cfg.get("itc", True) or cfg.get("itm", True):
+        if cfg["itc"] or cfg["itm"]:
             image_feat = self.image_features(concepts)
             text_feat = self.text_features(text_embeds)
-        if cfg.get("itc", True):
+        if cfg["itc"]:
             out["loss_itc"] = L.itc_loss(image_feat, text_feat, self.temperature, ids)
-        if cfg.get("itm", True):
+        if cfg["itm"]:
             out["loss_itm"] = self._itm_loss(concepts, concept_atts, image_feat, text_embeds, text_atts,
                                              text_feat, ids, generator, batch.get("sample_seed"))
-        if cfg.get("mlm", True) and batch.get("mlm_ids") is not None:
+        if cfg["mlm"] and batch.get("mlm_ids") is not None:
             masked = self.encode_text(batch["mlm_ids"], text_atts)
             fused = self.fuse(concepts, concept_atts, masked, text_atts)
             out["loss_mlm"] = L.mlm_loss(self.mlm_logits(fused, batch["mlm_positions"]), batch["mlm_labels"])
-        if cfg.get("bbox", True) and batch.get("boxes") is not None:
+        if cfg["bbox"] and batch.get("boxes") is not None:
             out |= self.box_losses(full, text_embeds, text_atts, batch["boxes"], batch.get("is_region"))
-        out["loss"] = sum(out.values()) if out else torch.zeros((), device=text_ids.device)
+        out["loss"] = L.total(out) if out else torch.zeros((), device=text_ids.device)
         return out
 
     def _itm_loss(self, concepts, concept_atts, image_feat, text_embeds, text_atts, text_feat, ids, generator,
                   sample_seed: int | None = None):
         n = concepts.shape[0]
-        group = int(self.loss_cfg.get("itm_neg_group", 0) or n)
+        group = int(self.loss_cfg["itm_neg_group"] or n)
         if n % group:
             raise ValueError(f"loss.itm_neg_group={group} does not divide the {n} texts of the batch")
         noise = None if sample_seed is None else _negative_noise(n, group, sample_seed, concepts.device)
-        neg_image, valid_t, neg_text, valid_i = [], [], [], []
+        neg_image: list[torch.Tensor] = []
+        valid_t: list[torch.Tensor] = []
+        neg_text: list[torch.Tensor] = []
+        valid_i: list[torch.Tensor] = []
         for start in range(0, n, group):  # negatives come from the text's own group only
             part = slice(start, start + group)
             img, ok_t, txt, ok_i = L.sample_hard_negatives(
@@ -365,35 +388,39 @@ class X2VLM(nn.Module):
             neg_text.append(txt + start)
             valid_t.append(ok_t)
             valid_i.append(ok_i)
-        neg_image, valid_t, neg_text, valid_i = map(torch.cat, (neg_image, valid_t, neg_text, valid_i))
+        negative_images, negative_texts = torch.cat(neg_image), torch.cat(neg_text)
         # pairs (positive, negative image, negative text) read the n concepts by index: each concept's fusion
         # keys/values are projected once, not once per pair
-        own = torch.arange(n, device=neg_image.device)
-        pair_image = torch.cat([own, neg_image, own])
-        text = Tokens.cat([text_embeds, text_embeds, text_embeds.index_select(0, neg_text)])
-        t_atts = torch.cat([text_atts, text_atts, text_atts.index_select(0, neg_text)])
+        own = torch.arange(n, device=negative_images.device)
+        pair_image = torch.cat([own, negative_images, own])
+        text = Tokens.cat([text_embeds, text_embeds, text_embeds.index_select(0, negative_texts)])
+        t_atts = torch.cat([text_atts, text_atts, text_atts.index_select(0, negative_texts)])
         logits = self.itm_logits(concepts, concept_atts, text, t_atts, image_index=pair_image)
-        return L.itm_loss(logits, L.itm_labels(n, valid_t, valid_i))
+        return L.itm_loss(logits, L.itm_labels(n, torch.cat(valid_t), torch.cat(valid_i)))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: D401
         """Pretraining losses (see :meth:`forward_pretrain`)."""
         return self.forward_pretrain(batch)
 
 
-def _itc_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
+#: the modules (and parameters) of one head, by attribute name
+HeadParts = dict[str, nn.Module | nn.Parameter]
+
+
+def _itc_head(model: X2VLM, cfg: dict) -> HeadParts:
     return {"vision_proj": nn.Linear(model.vision_width, cfg["embed_dim"]),
             "text_proj": nn.Linear(model.text_width, cfg["embed_dim"]),
             "temp": nn.Parameter(torch.tensor(float(cfg["temp"])))}
 
 
-def _mlm_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
+def _mlm_head(model: X2VLM, cfg: dict) -> HeadParts:
     tc = model.text_encoder.config
     head = MLMHead(tc.hidden_size, tc.vocab_size, act=tc.hidden_act, eps=tc.layer_norm_eps)
     head.tie_to(model.text_encoder.get_input_embeddings())
     return {"mlm_head": head}
 
 
-def _bbox_head(model: X2VLM, cfg: dict) -> dict[str, nn.Module]:
+def _bbox_head(model: X2VLM, cfg: dict) -> HeadParts:
     # the fusion's own (X²-VLM: box from the fused text [CLS]; FIBER: from the fused image patches)
     return {"bbox_head": model.fusion.build_box_head(model.vision_width, model.text_width)}
 
@@ -410,17 +437,12 @@ def _region_concepts(tokens: Tokens, patch_mask: torch.Tensor, image_index: torc
 
 
 #: the optional heads by name (``X2VLM.heads``), in build order: builder(model, model config) → {attribute: module}
-HEAD_BUILDERS = {
+HEAD_BUILDERS: dict[str, Callable[[X2VLM, dict], HeadParts]] = {
     "mlm": _mlm_head,
     "itc": _itc_head,  # temperature and the vision / text projections
     "itm": lambda model, cfg: {"itm_head": build_mlp(model.text_width, 2)},
     "bbox": _bbox_head,
 }
-
-
-def _report_keys(report) -> list[str]:
-    """Model keys a checkpoint wrote: loaded plus resized (reported as ``key: shape -> shape``)."""
-    return list(report.loaded) + [entry.split(":", 1)[0] for entry in report.resized]
 
 
 def _negative_noise(n_local: int, group: int, seed: int, device: torch.device) -> torch.Tensor:

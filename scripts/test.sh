@@ -5,6 +5,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(bash "$root/scripts/setup_env.sh" | tail -n 1)"
 cd "$root"
 "$venv/bin/ruff" check .
+"$venv/bin/mypy"  # the type check of the library and the task scripts (mypy.ini)
 set +e
 "$venv/bin/python" -m pytest -q "$@"
 rc=$?

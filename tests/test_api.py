@@ -39,16 +39,16 @@ TEXTS = ["a red circle", "a blue square to the left of a green triangle", "two s
 
 
 def test_features_are_normalised_and_accept_paths_or_pil(vlm, images) -> None:
-    one = vlm.encode_image(images[0])
+    one = vlm.image_features(images[0])
     assert one.shape == (32,) and one.norm().item() == pytest.approx(1.0, abs=1e-5)
-    both = vlm.encode_image(images)
+    both = vlm.image_features(images)
     assert both.shape == (2, 32)
     torch.testing.assert_close(both[0], one)
-    torch.testing.assert_close(vlm.encode_image(Image.open(images[0])), one)
-    text = vlm.encode_text(TEXTS)
+    torch.testing.assert_close(vlm.image_features(Image.open(images[0])), one)
+    text = vlm.text_features(TEXTS)
     assert text.shape == (3, 32)
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(vlm.encode_text(TEXTS[1]), text[1])
+    torch.testing.assert_close(vlm.text_features(TEXTS[1]), text[1])
 
 
 def test_similarity_is_the_models_itc_cosine(vlm, images) -> None:
@@ -161,7 +161,7 @@ def test_load_errors_name_the_file(syn, tmp_path: Path) -> None:
         load_model(config=tmp_path / "nope.yaml")
     vlm = load_model(config=TINY_CONFIG, overrides=[f"model.text.tokenizer={syn['vocab']}"])
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        vlm.encode_image(tmp_path / "missing.jpg")
+        vlm.image_features(tmp_path / "missing.jpg")
 
 
 def test_heads_a_checkpoint_lacks_are_refused_not_used(syn, images, tmp_path: Path, capsys) -> None:

@@ -188,7 +188,7 @@ def _check_384_load(model: X2VLM, path: Path, sd: dict[str, torch.Tensor]) -> No
                     and int(k.split(".")[2]) >= 2 and not is_derived(k)}
     assert set(report.unexpected) == extra_blocks
     rows = (2 * 24 - 1) ** 2 + 3
-    assert sorted(report.resized) == [
+    assert sorted(map(str, report.resized)) == [
         f"vision_encoder.blocks.{i}.attn.relative_position_bias_table: (732, 12) -> ({rows}, 12)" for i in range(2)]
     for i in range(2):
         old = sd[f"vision_encoder.blocks.{i}.attn.relative_position_bias_table"]
@@ -255,11 +255,12 @@ def test_mismatched_widths_are_reported_and_strict_raises(tmp_path: Path) -> Non
     target = tiny_model("model.vision.width=32", seed=1)
     before = target.vision_encoder.blocks[0].attn.qkv.weight.detach().clone()
     report = target.load_checkpoint(path)
-    names = [m.split(":")[0] for m in report.mismatched]
+    names = [m.key for m in report.mismatched]
     for key in ("vision_encoder.blocks.0.attn.qkv.weight", "vision_encoder.cls_token", "vision_proj.weight",
                 "fusion.layer.0.crossattention.self.key.weight", "fusion.layer.1.crossattention.self.value.weight"):
         assert key in names
-    assert "vision_encoder.blocks.0.attn.qkv.weight: checkpoint (192, 64) vs model (96, 32)" in report.mismatched
+    assert ("vision_encoder.blocks.0.attn.qkv.weight: checkpoint (192, 64) vs model (96, 32)"
+            in map(str, report.mismatched))
     assert not any(n.startswith("text_encoder.") for n in names)  # text sizes agree
     assert not report.ok and report.unexpected == []
     assert set(names) <= set(report.missing)  # what did not fit was not loaded
@@ -439,7 +440,7 @@ def test_vision_weights_at_other_grid_are_resized(tmp_path: Path) -> None:
     target = small_encoder(image_res=64, seed=1)  # 8×8 grid: 15² + 3 = 228 rows
     report = load_vision_weights(target, path)
     assert report.ok, str(report)
-    assert sorted(report.resized) == [f"blocks.{i}.attn.relative_position_bias_table: (52, 4) -> (228, 4)"
+    assert sorted(map(str, report.resized)) == [f"blocks.{i}.attn.relative_position_bias_table: (52, 4) -> (228, 4)"
                                       for i in range(2)]
     for src, dst in zip(source.blocks, target.blocks, strict=True):
         old, new = src.attn.relative_position_bias_table, dst.attn.relative_position_bias_table
@@ -463,7 +464,7 @@ def test_unfittable_position_tables_are_reported_not_raised(tmp_path: Path) -> N
         report = load_vision_weights(target, path)
         shape = tuple(sd["blocks.0.attn.relative_position_bias_table"].shape)
         table = "blocks.0.attn.relative_position_bias_table"
-        assert report.mismatched == [f"{table}: checkpoint {shape} vs model (228, 4)"], name
+        assert list(map(str, report.mismatched)) == [f"{table}: checkpoint {shape} vs model (228, 4)"], name
         assert "blocks.0.attn.relative_position_bias_table" in report.missing
 
 
@@ -475,7 +476,7 @@ def test_absolute_position_embedding_resized(tmp_path: Path) -> None:
     target = small_encoder(image_res=64, seed=1, abs_pos_emb=True)  # [CLS] + 8×8
     report = load_vision_weights(target, path)
     assert report.ok, str(report)
-    assert "pos_embed: (1, 17, 32) -> (1, 65, 32)" in report.resized
+    assert "pos_embed: (1, 17, 32) -> (1, 65, 32)" in map(str, report.resized)
     assert torch.equal(target.pos_embed[0, 0], source.pos_embed[0, 0])  # [CLS] position kept as is
     grid = source.pos_embed[0, 1:].reshape(4, 4, 32)
     new = target.pos_embed[0, 1:].reshape(8, 8, 32)
@@ -496,7 +497,8 @@ def test_frame_embedding_resized(tmp_path: Path, ckpt_frames: int, model_frames:
     init = target.absolute_frame_pos_embed.detach().clone()
     report = target.load_checkpoint(path)
     assert report.ok, str(report)
-    assert report.resized == [f"absolute_frame_pos_embed: (1, {ckpt_frames}, 1, 64) -> (1, {model_frames}, 1, 64)"]
+    assert list(map(str, report.resized)) == [
+        f"absolute_frame_pos_embed: (1, {ckpt_frames}, 1, 64) -> (1, {model_frames}, 1, 64)"]
     n = min(ckpt_frames, model_frames)
     got = target.absolute_frame_pos_embed
     assert got.shape == (1, model_frames, 1, 64)

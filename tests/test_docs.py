@@ -88,7 +88,7 @@ def test_readme_api_example_uses_existing_methods() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Python API"):readme.index("## Official checkpoints")]
     called = set(re.findall(r"\b(?:vlm|vqa)\.(\w+)\(", section))
-    assert {"similarity", "itm_score", "ground", "caption", "answer", "encode_image", "encode_text"} <= called
+    assert {"similarity", "itm_score", "ground", "caption", "answer", "image_features", "text_features"} <= called
     for name in called:
         assert hasattr(X2VLMInference, name), f"README calls vlm.{name}, which the API lacks"
 

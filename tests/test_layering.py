@@ -3,8 +3,8 @@
 * **base** — ``utils`` modules for config, distributed set-up, I/O, boxes and metrics: nothing of ``dataset``,
   ``models`` or the top;
 * **dataset** and **models** — the base and their own package; not each other, not the top;
-* **top** — trainer and its engines, task runner, command line, step checkpoints, evaluation, the Python API (``models.api``,
-  reached lazily as ``models.load_model``) and the scripts: anything.
+* **top** — trainer and its engines, task runner, command line, step checkpoints, evaluation, the Python API
+  (``models.api``, reached lazily as ``models.load_model``) and the scripts: anything.
 """
 from __future__ import annotations
 

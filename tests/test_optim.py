@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from models.x2vlm import X2VLM
+from utils.config import load_defaults
 from utils.optim import build_optimizer, build_scheduler, no_weight_decay, param_groups
 
 
@@ -58,7 +59,8 @@ def test_linear_warmup_then_decay() -> None:
 
 
 def test_build_optimizer_uses_config(tiny_model: X2VLM) -> None:
-    opt = build_optimizer(tiny_model, {"lr": 2e-4, "weight_decay": 0.01, "lr_mult": 2.0, "betas": [0.9, 0.98]})
+    opt_cfg = {**load_defaults()["optimizer"], "lr": 2e-4, "weight_decay": 0.01, "lr_mult": 2.0, "betas": [0.9, 0.98]}
+    opt = build_optimizer(tiny_model, opt_cfg)
     assert opt.defaults["betas"] == (0.9, 0.98)
     assert {g["lr"] for g in opt.param_groups} == {2e-4}
 

@@ -70,7 +70,7 @@ def test_text_parity_with_transformers_bert(tiny_model: X2VLM, tiny_cfg: dict) -
     assert tiny_model.text_encoder.pooler is None
     ids, atts = padded_ids(fields["vocab_size"])
     with torch.no_grad():
-        ours = tiny_model.encode_text(ids, atts)
+        ours = tiny_model.encode_text(ids, atts).final
         theirs = ref(input_ids=ids, attention_mask=atts).last_hidden_state
     assert ours.shape == (3, 10, fields["hidden_size"])
     assert (ours - theirs).abs().max() < 1e-5
@@ -78,7 +78,7 @@ def test_text_parity_with_transformers_bert(tiny_model: X2VLM, tiny_cfg: dict) -
     ids2 = ids.clone()
     ids2[atts == 0] = 7
     with torch.no_grad():
-        ours2 = tiny_model.encode_text(ids2, atts)
+        ours2 = tiny_model.encode_text(ids2, atts).final
     valid = atts.bool()
     assert (ours2[valid] - ours[valid]).abs().max() < 1e-5
 
@@ -90,7 +90,7 @@ def test_local_hf_folder_loads_weights(tmp_path: Path) -> None:
     assert model.text_width == 32 and model.text_encoder.config.num_hidden_layers == 3
     ids, atts = padded_ids(len(VOCAB))
     with torch.no_grad():
-        ours = model.encode_text(ids, atts)
+        ours = model.encode_text(ids, atts).final
         theirs = saved(input_ids=ids, attention_mask=atts).last_hidden_state
     assert (ours - theirs).abs().max() < 1e-5
     # the MLM decoder is tied to the loaded word embeddings
@@ -98,7 +98,7 @@ def test_local_hf_folder_loads_weights(tmp_path: Path) -> None:
     # without load_weights the same config gives a fresh (different) encoder
     fresh = X2VLM.from_config(hf_folder_cfg(folder), load_weights=False).eval()
     with torch.no_grad():
-        assert (fresh.encode_text(ids, atts) - theirs).abs().max() > 1e-3
+        assert (fresh.encode_text(ids, atts).final - theirs).abs().max() > 1e-3
 
 
 def test_config_fields_override_folder_config(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` writes the content to ``tmp`` (a path beside ``target``); it is then synced and renamed to
     ``target`` (its folder is made first). On any failure the temporary file is removed and the previous
     ``target`` stays as it was; an :class:`OSError` that means no space / no permission / read-only comes out

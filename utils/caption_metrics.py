@@ -180,7 +180,7 @@ def caption_scores(references: Mapping[Any, Sequence[str] | str], candidates: Ma
     missing = [k for k in candidates if k not in references]
     if missing:
         raise KeyError(f"{len(missing)} candidate(s) without references, e.g. {missing[:3]}")
-    refs = {k: [references[k]] if isinstance(references[k], str) else list(references[k]) for k in candidates}
+    refs = {k: [r] if isinstance(r := references[k], str) else list(r) for k in candidates}
     if any(not r for r in refs.values()):
         raise ValueError("every candidate needs at least one reference caption")
     gts = tokenize(refs, tokenizer)

@@ -111,7 +111,8 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], schema: dict | None = N
     out = copy.deepcopy(cfg)
     for text in overrides:
         parts, value = parse_override(text)
-        node, spec = out, schema
+        node = out
+        spec: Any = schema  # the schema under the key so far: a mapping, or a leaf's default
         free = spec is None or spec == {}  # inside a free-form ({}) mapping: any sub-key goes
         for i, part in enumerate(parts):
             dotted = ".".join(parts[: i + 1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 #: schedulers that ``transformers.get_scheduler`` builds from warm-up and total steps alone and that step
 #: without a metric (the trainer calls ``scheduler.step()``); the others need arguments the config has no key for
@@ -131,7 +131,7 @@ def show(value: Any) -> str:
     return repr(value)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -234,7 +234,7 @@ def check_config(cfg: dict, defaults: dict) -> dict:
     epochs = (cfg.get("train") or {}).get("epochs")
     for dotted, default in _leaves(defaults):
         *parents, last = dotted.split(".")
-        node = cfg
+        node: Any = cfg
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or last not in node:

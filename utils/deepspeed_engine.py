@@ -225,6 +225,8 @@ class DeepSpeedEngine(TrainEngine):
     """DeepSpeed ZeRO: the model held in bf16 / fp16 (fp32 master weights in the optimizer; inputs cast to the
     model's dtype); DeepSpeed accumulates, clips, skips overflowing steps and writes the optimizer shards."""
 
+    wrapped: Any  # a deepspeed.DeepSpeedEngine (an nn.Module with backward / step / was_step_applied)
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: dict, dist_info: DistInfo):
         self.model = model
         self._shapes = {k: v.shape for k, v in model.state_dict().items()}  # before 0-dim parameters are lifted

@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,7 +58,7 @@ def init_distributed(device: str = "auto", timeout: float | None = None) -> Dist
     if world > 1 and not dist.is_initialized():
         if "TORCHELASTIC_RUN_ID" in os.environ:
             die_with_parent()
-        kwargs = {} if not timeout else {"timeout": timedelta(seconds=float(timeout))}
+        kwargs: dict[str, Any] = {} if not timeout else {"timeout": timedelta(seconds=float(timeout))}
         restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
         if restart > 0:
             # torchrun keeps its store over restarts: the group's keys get a prefix of their own, or a restarted

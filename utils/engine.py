@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -77,11 +77,11 @@ class DDPEngine(TrainEngine):
             self.wrapped = DistributedDataParallel(model, device_ids=ids,
                                                    find_unused_parameters=train["ddp_find_unused"])
         if train["compile"]:
-            self.wrapped = torch.compile(self.wrapped)
+            self.wrapped = cast(nn.Module, torch.compile(self.wrapped))  # a module compiles to a module
 
     def forward_backward(self, batch: dict[str, Any], last_micro: bool) -> dict[str, torch.Tensor]:
         skip_sync = not last_micro and isinstance(self.wrapped, DistributedDataParallel)
-        with self.wrapped.no_sync() if skip_sync else contextlib.nullcontext():
+        with cast(DistributedDataParallel, self.wrapped).no_sync() if skip_sync else contextlib.nullcontext():
             with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
                 out = self.wrapped(batch)
             self.scaler.scale(out["loss"] / self.grad_accum).backward()

@@ -59,19 +59,19 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: floa
 
 def build_optimizer(model: nn.Module, opt_cfg: dict, fresh: set[str] | None = None) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`; fused kernels on CUDA when available."""
-    groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg.get("lr_mult", 1.0), fresh,
-                          opt_cfg.get("cross_modal_lr_mult", 1.0), opt_cfg.get("no_decay", "extended"))
+    groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg["lr_mult"], fresh,
+                          opt_cfg["cross_modal_lr_mult"], opt_cfg["no_decay"])
     on_cuda = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
-                             eps=opt_cfg.get("eps", 1e-8), fused=on_cuda or None)
+    return torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]),
+                             eps=opt_cfg["eps"], fused=on_cuda or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict, total_steps: int):
     """Linear warm-up to each group's lr, then linear decay to 0 at ``total_steps``.
 
     ``warmup`` may be a step count (int) or a fraction of ``total_steps`` (float < 1)."""
-    warmup = sched_cfg.get("warmup", 0)
+    warmup = sched_cfg["warmup"]
     if isinstance(warmup, float) and warmup < 1:
         warmup = int(warmup * total_steps)
-    return get_scheduler(sched_cfg.get("name", "linear"), optimizer, num_warmup_steps=int(warmup),
+    return get_scheduler(sched_cfg["name"], optimizer, num_warmup_steps=int(warmup),
                          num_training_steps=total_steps)

@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,10 +20,13 @@ from torch.utils.data import DataLoader
 from dataset import load_tokenizer
 from dataset.sampling import EpochStream
 from models.checkpoint import save_checkpoint_weights
+from models.x2vlm import X2VLM
 from utils.config import add_config_args, config_from_args, save_config
 from utils.dist import DistInfo, init_distributed
 from utils.train_state import write_json_atomic
 from utils.trainer import Trainer
+
+ModelT = TypeVar("ModelT", bound=X2VLM)
 
 
 def task_parser(description: str, default_config: str) -> argparse.ArgumentParser:
@@ -93,7 +96,7 @@ def report_weights(model: nn.Module, is_main: bool, output_dir: str | Path) -> N
     (out / "load_report.txt").write_text("\n\n".join(str(r) for r in reports) + "\n", encoding="utf-8")
 
 
-def build_model(ctx: TaskContext, cls: type[nn.Module]) -> nn.Module:
+def build_model(ctx: TaskContext, cls: type[ModelT]) -> ModelT:
     """``cls.from_config(ctx.cfg)`` (a checkpoint that does not fit stops here: ``model.allow_partial_load``),
     then :func:`report_weights`."""
     model = cls.from_config(ctx.cfg)
@@ -103,7 +106,7 @@ def build_model(ctx: TaskContext, cls: type[nn.Module]) -> nn.Module:
 
 def steps_for_epochs(cfg: dict, batches_per_epoch: int) -> int:
     """``train.steps``, or, when ``train.epochs`` > 0, the optimiser steps that many epochs take."""
-    epochs = cfg["train"].get("epochs", 0) or 0
+    epochs = cfg["train"]["epochs"] or 0
     if epochs <= 0:
         return int(cfg["train"]["steps"])
     return max(1, math.ceil(epochs * batches_per_epoch / cfg["train"]["grad_accum"]))
@@ -131,7 +134,7 @@ def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader,
         trainer.fit(lambda start: stream)
         return trainer
     per_epoch = max(1, math.ceil(len(train_loader) / train_cfg["grad_accum"]))
-    tracker = BestTracker(ctx, train_cfg.get("best_metric"), train_cfg.get("best_mode", "max"))
+    tracker = BestTracker(ctx, train_cfg["best_metric"], train_cfg["best_mode"])
     while trainer.step < train_cfg["steps"]:
         stop = min(train_cfg["steps"], (trainer.step // per_epoch + 1) * per_epoch)
         trainer.fit(lambda start: stream, stop_after=stop)

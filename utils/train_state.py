@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,7 +62,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", tru
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # the global generator is MT19937, whose legacy state (the default) is this tuple, not the dict
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -214,8 +215,9 @@ def set_aside_newer(output_dir: str | os.PathLike, resumed: str | os.PathLike, s
     ``checkpoints/abandoned_<UTC time>/`` so that ``--resume latest`` never mixes the two timelines. Returns
     that folder (None when nothing moved)."""
     resumed = Path(resumed).resolve()
+    # checkpoint_paths gives step_*.pt files only: step_of is never None there
     stale = [p for p in checkpoint_paths(output_dir)
-             if step_of(p) > step or (step_of(p) == step and p.resolve() != resumed)]
+             if cast(int, step_of(p)) > step or (step_of(p) == step and p.resolve() != resumed)]
     if not stale:
         return None
     dest = Path(output_dir) / CKPT_DIR / time.strftime("abandoned_%Y%m%dT%H%M%SZ", time.gmtime())

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -37,11 +37,16 @@ from utils.train_state import (
     setup_changes,
 )
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
 """Given the index of the first micro-batch to produce, returns an iterator of batches from there on."""
 
-#: ``train.engine`` → the :class:`~utils.engine.TrainEngine` implementation
-ENGINES: dict[str, type[TrainEngine]] = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+#: ``train.engine`` → the :class:`~utils.engine.TrainEngine` implementation, built as
+#: ``(model, optimizer, cfg, dist_info)``
+ENGINES: dict[str, Callable[[nn.Module, torch.optim.Optimizer, dict, DistInfo], TrainEngine]] = {
+    "ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
 
 
 @runtime_checkable
@@ -110,7 +115,7 @@ class Trainer:
         self.skipped_nonfinite = 0
         self._nonfinite_run = 0
         self.log_path = self.output_dir / "log.jsonl"
-        self._tb = None
+        self._tb: SummaryWriter | None = None
         self._data = None
         self._stages = check_stages(cfg, model)
         self._hooks = model if isinstance(model, TrainingHooks) else None
@@ -249,6 +254,8 @@ class Trainer:
         if index != self._stage:
             self._stage = index
             switches = {**self._base_losses, **self._stages[index].get("loss", {})}
+            if self._hooks is None:  # check_stages: stages need a model with TrainingHooks
+                raise TypeError("train.stages need a model with loss switches (TrainingHooks)")
             self._hooks.set_loss_switches(switches)
             self._log({"event": "stage", "stage": index, "step": self.step, "loss": switches})
 
@@ -337,7 +344,7 @@ class Trainer:
         Returns the images this rank trained on."""
         self._enter_stage()
         accum = self.train_cfg["grad_accum"]
-        losses: dict[str, torch.Tensor] = defaultdict(float)
+        losses: defaultdict[str, Any] = defaultdict(float)  # 0.0, then the tensor sum of the micro-batches
         images = 0
         for micro in range(accum):
             batch = to_device(next(it), self.dist.device, self.engine.input_dtype)

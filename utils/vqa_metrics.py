@@ -28,7 +28,7 @@ return the unrounded percentage in [0, 100] — round to 2 decimals to compare w
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -167,7 +167,7 @@ def best_constant_accuracy(ground_truth: Mapping[Any, Sequence[str]],
         raise ValueError("best_constant_accuracy: no questions")
     # a constant scores only on questions where one of the annotators' (compared) answers equals its
     # normalised form: sum, per compared answer, what a prediction equal to it scores
-    totals: Counter = Counter()
+    totals: defaultdict[str, float] = defaultdict(float)
     for answers in ground_truth.values():
         gts = ground_truth_forms(answers)
         n = len(gts)

@@ -29,14 +29,14 @@ def predict_grounding(model: nn.Module, loader, device, *, tokenizer, max_tokens
     """``(pred, target)`` normalised (cx, cy, w, h) boxes ``(N, 4)`` of this process's share of the loader
     (batches with ``image``, ``text``, ``bbox`` in pixels [x, y, w, h] and ``image_size`` (W, H))."""
     preds, targets = [], []
-    with evaluating(model) as model:
+    with evaluating(model) as bare:
         for batch in progress_bar(loader, "grounding"):
             if "bbox" not in batch:
                 raise ValueError("grounding evaluation needs ground-truth boxes ('bbox') in the annotation file")
-            image_embeds, _ = model.encode_image(batch["image"].to(device))
+            image_embeds, _ = bare.encode_image(batch["image"].to(device))
             ids, atts = tokenize(tokenizer, batch["text"], max_tokens, device, padding="longest")
-            text_embeds = model.encode_text(ids, atts)
-            preds.append(model.predict_boxes(image_embeds, text_embeds, atts).float().cpu())
+            text_embeds = bare.encode_text(ids, atts)
+            preds.append(bare.predict_boxes(image_embeds, text_embeds, atts).float().cpu())
             targets.append(xywh_pixels_to_cxcywh(batch["bbox"], batch["image_size"]).cpu())
     if not preds:
         return torch.zeros(0, 4), torch.zeros(0, 4)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from models.tokens import Tokens
+
+if TYPE_CHECKING:
+    from models.x2vlm import X2VLM
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -37,7 +41,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, device, padding: 
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def encode_visual(model: nn.Module, pixels: torch.Tensor) -> tuple[Tokens, torch.Tensor]:
+def encode_visual(model: X2VLM, pixels: torch.Tensor) -> tuple[Tokens, torch.Tensor]:
     """Whole-image tokens; ``(B, T, 3, H, W)`` inputs are videos. Pixels take the model's dtype (a model
     held in bf16, as under DeepSpeed, gets bf16 inputs)."""
     pixels = pixels.to(next(model.parameters()).dtype)
@@ -58,9 +62,10 @@ def progress_bar(iterable, desc: str, total: int | None = None):
 
 
 @contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+def evaluating(model: nn.Module) -> Iterator[Any]:
     """The bare model under any DDP / DeepSpeed / compile wrapper (:func:`unwrap`), in eval mode and under
-    ``torch.no_grad()``; its train / eval mode comes back afterwards, however the loop ends."""
+    ``torch.no_grad()``; its train / eval mode comes back afterwards, however the loop ends. (Typed ``Any``: the
+    bare model's class is the caller's, whatever wrapper it passed.)"""
     model = unwrap(model)
     was_training = model.training
     model.eval()

@@ -11,11 +11,11 @@ def predict_nlvr(model: nn.Module, loader, device: torch.device) -> tuple[list[i
     """Predicted and true labels over ``loader``, in its order (an :class:`~models.nlvr.X2VLMForNLVR`)."""
     preds: list[int] = []
     labels: list[int] = []
-    with evaluating(model) as model:
-        dtype = next(model.parameters()).dtype
+    with evaluating(model) as bare:
+        dtype = next(bare.parameters()).dtype
         for batch in progress_bar(loader, "nlvr"):
-            logits = model.logits(batch["image0"].to(device, dtype), batch["image1"].to(device, dtype),
-                                  batch["text_ids"].to(device), batch["text_atts"].to(device))
+            logits = bare.logits(batch["image0"].to(device, dtype), batch["image1"].to(device, dtype),
+                                 batch["text_ids"].to(device), batch["text_atts"].to(device))
             preds += logits.argmax(-1).tolist()
             labels += batch["label"].tolist()
     return preds, labels

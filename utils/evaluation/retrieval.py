@@ -3,6 +3,7 @@ best candidates, split over ranks (the scoring rule and tie rule: :mod:`utils.ev
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,9 @@ from models.tokens import Tokens
 from utils.evaluation import ranking
 from utils.evaluation.loop import dist_ready, encode_visual, evaluating, progress_bar, tokenize, world_of
 from utils.evaluation.ranking import positives_matrix, rank_order, recall_metrics, retrieval_chance
+
+if TYPE_CHECKING:
+    from models.x2vlm import X2VLM
 
 
 def _shard(n: int, rank: int, world: int) -> range:
@@ -40,7 +44,7 @@ def _embed_retrieval(model, loader, tokenizer, device, max_tokens: int, text_bat
         index = torch.as_tensor(batch["index"]).long()
         emb, atts = encode_visual(model, batch["image"].to(device))
         feat = model.image_features(emb)
-        if image_embeds is None:
+        if image_embeds is None or image_atts is None or image_feats is None:  # the first batch (all three)
             image_embeds = emb.new_zeros(n_images)
             image_atts = atts.new_zeros((n_images, *atts.shape[1:]))
             image_feats = feat.new_zeros((n_images, feat.shape[1]))
@@ -89,7 +93,7 @@ def rerank(sims: torch.Tensor, k: int, rows: range,
     return out
 
 
-def itm_pair_scorer(model: nn.Module, image_embeds: Tokens, image_atts: torch.Tensor,
+def itm_pair_scorer(model: X2VLM, image_embeds: Tokens, image_atts: torch.Tensor,
                     text_embeds: Tokens, text_atts: torch.Tensor
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``f(image_ids, text_ids) -> (P,)`` float32 ITM match logits of the pairs (a bf16 model's logits are
@@ -112,16 +116,16 @@ def retrieval_scores(model: nn.Module, loader, device, k_test: int, itm_rerank: 
     logits (:func:`rerank`; its top k ties go to the lower index). With ``dist_info`` of ``world_size`` > 1
     each rank re-ranks its share of the queries, then the matrices are summed over ranks
     (``all_reduce=False`` returns this rank's partial matrices: zero rows for the other ranks' queries)."""
-    with evaluating(model) as model:
+    with evaluating(model) as bare:
         img_emb, img_atts, img_feat, txt_emb, txt_atts, txt_feat = _embed_retrieval(
-            model, loader, tokenizer, device, max_tokens, text_batch_size)
+            bare, loader, tokenizer, device, max_tokens, text_batch_size)
         with torch.autocast(img_feat.device.type, enabled=False):  # fp32 even under an enclosing autocast
             sims = img_feat.float() @ txt_feat.float().t()
         if not itm_rerank:
             return sims, sims, sims.t().contiguous()
         rank, world = world_of(dist_info)
         n_img, n_txt = sims.shape
-        pair_scores = itm_pair_scorer(model, img_emb, img_atts, txt_emb, txt_atts)
+        pair_scores = itm_pair_scorer(bare, img_emb, img_atts, txt_emb, txt_atts)
         score_i2t = rerank(sims, min(k_test, n_txt), _shard(n_img, rank, world), pair_scores, itm_batch_size,
                            queries_are_images=True)
         score_t2i = rerank(sims.t().contiguous(), min(k_test, n_img), _shard(n_txt, rank, world), pair_scores,

@@ -12,11 +12,11 @@ def predict_video_qa(model: nn.Module, loader, device: torch.device) -> list[dic
     """``[{question_id, pred, label}]`` over ``loader`` (class indexes), in its order (an
     :class:`~models.videoqa.X2VLMForVideoQA`)."""
     out: list[dict] = []
-    with evaluating(model) as model:
-        dtype = next(model.parameters()).dtype
+    with evaluating(model) as bare:
+        dtype = next(bare.parameters()).dtype
         for batch in progress_bar(loader, "video QA"):
-            logits = model.logits(batch["video"].to(device, dtype), batch["text_ids"].to(device),
-                                  batch["text_atts"].to(device))
+            logits = bare.logits(batch["video"].to(device, dtype), batch["text_ids"].to(device),
+                                 batch["text_atts"].to(device))
             qids = batch["question_id"]
             qids = qids.tolist() if isinstance(qids, torch.Tensor) else list(qids)
             out += [{"question_id": q, "pred": p, "label": t}

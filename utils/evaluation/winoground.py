@@ -39,20 +39,20 @@ def winoground_scores(model: nn.Module, loader, device, *, tokenizer, max_tokens
     if score not in ("itm", "itc"):
         raise ValueError(f"winoground score must be 'itm' or 'itc', got {score!r}")
     out = []
-    with evaluating(model) as model:
+    with evaluating(model) as bare:
         for batch in progress_bar(loader, "winoground"):
-            images = [encode_visual(model, batch[f"image_{i}"].to(device)) for i in (0, 1)]
+            images = [encode_visual(bare, batch[f"image_{i}"].to(device)) for i in (0, 1)]
             texts = []
             for c in (0, 1):
                 ids, atts = tokenize(tokenizer, batch[f"caption_{c}"], max_tokens, device, padding="longest")
-                texts.append((model.encode_text(ids, atts), atts))
+                texts.append((bare.encode_text(ids, atts), atts))
             block = torch.empty(len(batch["caption_0"]), 2, 2)
             for c, (t_emb, t_atts) in enumerate(texts):
                 for i, (v_emb, v_atts) in enumerate(images):
                     if score == "itm":
-                        value = model.itm_logits(v_emb, v_atts, t_emb, t_atts).float().softmax(-1)[:, 1]
+                        value = bare.itm_logits(v_emb, v_atts, t_emb, t_atts).float().softmax(-1)[:, 1]
                     else:
-                        value = (model.image_features(v_emb) * model.text_features(t_emb)).sum(-1)
+                        value = (bare.image_features(v_emb) * bare.text_features(t_emb)).sum(-1)
                     block[:, c, i] = value.float().cpu()
             out.append(block)
     return torch.cat(out) if out else torch.zeros(0, 2, 2)

@@ -2,7 +2,8 @@
 one-line-per-metric report."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch.distributed as dist
 from torch import nn
@@ -28,7 +29,7 @@ def eval_settings(cfg: dict) -> dict[str, Any]:
         files = out[key]
         out[key] = [files] if isinstance(files, str) else list(files or [])
     if out["num_workers"] is None:
-        out["num_workers"] = int(cfg.get("data", {}).get("num_workers", 0))
+        out["num_workers"] = int(cfg["data"]["num_workers"])
     return out
 
 
@@ -63,7 +64,7 @@ def zero_shot_eval(cfg: dict, model: nn.Module, tokenizer, device, dist_info=Non
     if e["grounding_file"]:
         ds = create_dataset("grounding", cfg, e["grounding_file"], tokenizer)
         if world > 1:  # every rank a strided share, without the padding a DistributedSampler would add
-            ds = Subset(ds, range(rank, len(ds), world))
+            ds = Subset(ds, range(rank, len(cast(Sized, ds)), world))  # a map-style dataset (torch: no __len__)
         loader = create_loader(ds, e["batch_size"], collate_for("grounding"), e["num_workers"], training=False)
         metrics = evaluate_grounding(model, loader, device, tokenizer=tokenizer, max_tokens=max_tokens,
                                      dist_info=dist_info)
