@@ -174,16 +174,24 @@ def create_dataset(task: str, cfg: dict, split: str | list[str] = "train", token
     return TASK_DATASETS[task](files, image_transform(cfg, train), cfg, train, common)
 
 
-def collate_for(task: str, cfg: dict | None = None):
-    if task == "pretrain_images":
-        return collate_image_text
-    if task == "pretrain_videos":
-        return collate_video_text
-    if task == "pretrain_regions":
-        if cfg is None:
-            raise TypeError("collate_for('pretrain_regions') needs the config (data.regions.batch_size)")
-        return RegionCollate(cfg["data"]["regions"]["batch_size"])
-    return collate_vqa if task == "vqa" else collate_dict
+def _region_collate(cfg: dict | None) -> RegionCollate:
+    if cfg is None:
+        raise TypeError("collate_for('pretrain_regions') needs the config (data.regions.batch_size)")
+    return RegionCollate(cfg["data"]["regions"]["batch_size"])
+
+
+#: the batch collate of each dataset task (:data:`TASKS`), built from the config where it needs it
+COLLATES: dict[str, Callable[[dict | None], Callable]] = {
+    "pretrain_images": lambda cfg: collate_image_text, "pretrain_videos": lambda cfg: collate_video_text,
+    "pretrain_regions": _region_collate, "vqa": lambda cfg: collate_vqa,
+    **{task: (lambda cfg: collate_dict) for task in TASK_DATASETS if task != "vqa"}}
+
+
+def collate_for(task: str, cfg: dict | None = None) -> Callable:
+    """The collate of ``task``'s batches (:data:`COLLATES`); ``pretrain_regions`` needs ``cfg``."""
+    if task not in COLLATES:
+        raise ValueError(f"unknown dataset task {task!r}; known: {', '.join(TASKS)}")
+    return COLLATES[task](cfg)
 
 
 def create_loader(dataset: Dataset | IterableDataset, batch_size: int, collate_fn, num_workers: int = 0,

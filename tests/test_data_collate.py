@@ -31,3 +31,16 @@ def test_fields_become_ids_and_masks(tokenizer):
     assert ids[1, -1].item() == tokenizer.sep_token_id
     with pytest.raises(KeyError, match="question"):
         TokenizeCollate(collate_dict, tokenizer, 6, {"question": "q"})(samples)
+
+
+def test_every_dataset_task_has_its_collate_and_a_typo_is_an_error() -> None:
+    from dataset import COLLATES, TASKS, collate_for
+    from dataset.pretrain import collate_image_text
+    from dataset.tasks import collate_dict, collate_vqa
+    assert set(COLLATES) == set(TASKS)
+    assert collate_for("vqa") is collate_vqa and collate_for("grounding") is collate_dict
+    assert collate_for("pretrain_images") is collate_image_text
+    with pytest.raises(ValueError, match="unknown dataset task 'retreival'"):
+        collate_for("retreival")
+    with pytest.raises(TypeError, match="data.regions.batch_size"):
+        collate_for("pretrain_regions")
