@@ -323,9 +323,9 @@ def evaluate(model: X2VLM, batch: dict[str, Any], n: int) -> tuple[dict[str, flo
     return out, i2t, t2i
 
 
-def test_tiny_model_learns_synthetic_task() -> None:
+def test_tiny_model_learns_synthetic_task(architecture: str) -> None:
     n = 8
-    model, _ = build("model.image_res=32")
+    model, _ = build("model.image_res=32", architecture=architecture)
     batch = synthetic_task(n)
     before, _, _ = evaluate(model, batch, n)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
