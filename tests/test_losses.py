@@ -404,3 +404,21 @@ def test_patch_alignment_loss_by_hand() -> None:
     peaked = torch.tensor([[50.0, 50.0, -50.0, -50.0]])
     assert L.patch_alignment_loss(peaked, inside[:1]).item() == pytest.approx(math.log(2), abs=1e-5)
     assert L.patch_alignment_loss(torch.zeros(1, 4, requires_grad=True), inside[:1]).item() > math.log(2) + 0.1
+
+
+def test_paired_giou_compiles_as_one_graph_with_torchvisions_values() -> None:
+    """No data-dependent shape (torchvision's masked assignment breaks a compiled graph: 7 breaks under
+    ``torch._dynamo.explain``): no graph break; the values are torchvision's to the bit, the gradients up to the
+    order of float additions (the same rule at touching boxes: no gradient through an empty intersection)."""
+    from torchvision.ops import generalized_box_iou_loss
+    g = torch.Generator().manual_seed(2)
+    a, b = _special_pairs()
+    a = torch.cat([a, _random_cxcywh(64, g)]).requires_grad_(True)
+    b = torch.cat([b, _random_cxcywh(64, g)])
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(box_ops.paired_giou_loss)(a.detach(), b).graph_break_count == 0
+    ours = box_ops.paired_giou_loss(a, b)
+    ref = generalized_box_iou_loss(box_ops.cxcywh_to_xyxy(a), box_ops.cxcywh_to_xyxy(b), reduction="none", eps=1e-7)
+    assert torch.equal(ours, ref)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours.sum(), a), torch.autograd.grad(ref.sum(), a)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-6, atol=1e-7)

@@ -4,7 +4,7 @@ annotation format (top-left corner, width, height, in pixels). Imports nothing o
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
+from torchvision.ops import box_convert, box_iou
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -36,6 +36,14 @@ def paired_iou(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.
 
 
 def paired_giou_loss(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """``1 - GIoU`` of each box with its own target ``(N,)``."""
-    return generalized_box_iou_loss(cxcywh_to_xyxy(pred_cxcywh), cxcywh_to_xyxy(target_cxcywh), reduction="none",
-                                    eps=eps)
+    """``1 - GIoU`` of each box with its own target ``(N,)``: torchvision's ``generalized_box_iou_loss``, term for
+    term, but with the intersection selected by ``torch.where`` instead of its masked assignment (a data-dependent
+    shape, which breaks a compiled graph): the same values and gradients (``tests/test_losses.py``)."""
+    x1, y1, x2, y2 = cxcywh_to_xyxy(pred_cxcywh).unbind(dim=-1)
+    x1g, y1g, x2g, y2g = cxcywh_to_xyxy(target_cxcywh).unbind(dim=-1)
+    inter_w, inter_h = torch.min(x2, x2g) - torch.max(x1, x1g), torch.min(y2, y2g) - torch.max(y1, y1g)
+    inter = torch.where((inter_w > 0) & (inter_h > 0), inter_w * inter_h, inter_w.new_zeros(()))
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    iou = inter / (union + eps)
+    hull = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (iou - ((hull - union) / (hull + eps)))
