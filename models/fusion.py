@@ -8,7 +8,7 @@ All attention runs through ``torch.nn.functional.scaled_dot_product_attention``.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,15 @@ class FusionEncoder(nn.Module):
         ])
         self.grad_checkpointing = False
 
+    @classmethod
+    def sized_like(cls, text_config, num_layers: int, vision_width: int) -> Self:
+        """``num_layers`` layers with the text encoder's (Hugging Face config's) widths, heads, activation, norm
+        epsilon and dropouts, reading context tokens of ``vision_width``."""
+        tc = text_config
+        return cls(num_layers=num_layers, hidden=tc.hidden_size, heads=tc.num_attention_heads,
+                   inner=tc.intermediate_size, vision_width=vision_width, eps=tc.layer_norm_eps,
+                   dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+
     #: our key patterns (under ``fusion.``) of the cross-attention weights, which a text-encoder swap keeps
     CROSS_ATTENTION_KEYS: ClassVar[str] = r"layer\.\d+\.crossattention\..+"
 
@@ -171,10 +180,7 @@ class X2VLMFusion(FusionEncoder, Fusion):
 
     @classmethod
     def from_config(cls, model_cfg: dict, text_config) -> X2VLMFusion:
-        tc = text_config
-        return cls(num_layers=model_cfg["fusion"]["layers"], hidden=tc.hidden_size, heads=tc.num_attention_heads,
-                   inner=tc.intermediate_size, vision_width=model_cfg["vision"]["width"], eps=tc.layer_norm_eps,
-                   dropout=tc.hidden_dropout_prob, attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+        return cls.sized_like(text_config, model_cfg["fusion"]["layers"], model_cfg["vision"]["width"])
 
     @property
     def num_layers(self) -> int:

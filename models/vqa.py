@@ -69,10 +69,7 @@ class _DecoderBody(nn.Module):
     def __init__(self, tc, num_layers: int, context_width: int):
         super().__init__()
         self.embeddings = DecoderEmbeddings(tc)
-        self.encoder = FusionEncoder(
-            num_layers=num_layers, hidden=tc.hidden_size, heads=tc.num_attention_heads, inner=tc.intermediate_size,
-            vision_width=context_width, eps=tc.layer_norm_eps, dropout=tc.hidden_dropout_prob,
-            attn_dropout=tc.attention_probs_dropout_prob, act=tc.hidden_act)
+        self.encoder = FusionEncoder.sized_like(tc, num_layers, context_width)
 
 
 class AnswerDecoder(nn.Module):
