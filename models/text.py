@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 SWAP_MODES = ("none", "full", "cross_attention_only", "embeddings_only")
 
@@ -53,6 +53,20 @@ def build_text_encoder(text_cfg: dict, load_weights: bool = True) -> nn.Module:
     cfg._attn_implementation = "sdpa"
     path = text_cfg.get("name_or_path")
     if path and load_weights and swap_mode(text_cfg) != "embeddings_only":
-        return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False, local_files_only=True,
-                                         attn_implementation="sdpa")
-    return AutoModel.from_config(cfg, add_pooling_layer=False, attn_implementation="sdpa")
+        model = AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False, local_files_only=True,
+                                          attn_implementation="sdpa")
+    else:
+        model = AutoModel.from_config(cfg, add_pooling_layer=False, attn_implementation="sdpa")
+    install_output_capture(model)
+    return model
+
+
+def install_output_capture(model: PreTrainedModel) -> None:
+    """Install now the hooks through which transformers ≥ 5 collects ``output_hidden_states``; it installs them
+    on the first call that asks for hidden states, under a lock that ``torch.compile`` cannot trace (a graph
+    break, in FIBER's text pass). No-op on transformers 4 (no such hooks)."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    maybe_install_capturing_hooks(model)

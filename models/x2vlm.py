@@ -13,8 +13,8 @@ image/video ``image_index[i]`` of the pool ``[images..., videos...]`` (default: 
 ``boxes`` (N, 4) normalised (cx, cy, w, h) and ``is_region`` (N,) bool — rows that describe a box
 (their concept is the box's patches, and they get the bbox loss); ``ids`` (N,) optional ITC ids
 (equal id = positive pair); ``mlm_ids`` (N, L) masked input, ``mlm_positions`` (N, M),
-``mlm_labels`` (N, M) with -100 padding; ``sample_seed`` (int) optional — seeds the ITM hard-negative
-draws so they are reproducible and identical however the global batch is split over processes.
+``mlm_labels`` (N, M) with -100 padding; ``sample_seed`` (int or 0-d int64 tensor) optional — seeds the ITM
+hard-negative draws so they are reproducible and identical however the global batch is split over processes.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import losses as L
+from models.counter_random import counter_uniform
 from models.fusion_interface import Backbones
 from models.fusions import build_fusion
 from models.heads import MLMHead, build_mlp
@@ -369,7 +370,7 @@ class X2VLM(nn.Module):
         return out
 
     def _itm_loss(self, concepts, concept_atts, image_feat, text_embeds, text_atts, text_feat, ids, generator,
-                  sample_seed: int | None = None):
+                  sample_seed: torch.Tensor | int | None = None):
         n = concepts.shape[0]
         group = int(self.loss_cfg["itm_neg_group"] or n)
         if n % group:
@@ -445,13 +446,12 @@ HEAD_BUILDERS: dict[str, Callable[[X2VLM, dict], HeadParts]] = {
 }
 
 
-def _negative_noise(n_local: int, group: int, seed: int, device: torch.device) -> torch.Tensor:
-    """Uniform noise ``(2, n_local, group)`` for this rank's hard-negative draws, cut from one matrix over
-    the global batch that every rank generates from ``seed``: the draws of global row i are the same
-    whether it sits on rank 1 of 2 or in group 2 of a single process (see ``loss.itm_neg_group``)."""
+def _negative_noise(n_local: int, group: int, seed: torch.Tensor | int, device: torch.device) -> torch.Tensor:
+    """Uniform noise ``(2, n_local, group)`` for this rank's hard-negative draws: the rows of one matrix over
+    the global batch, a function of ``seed`` and the global row (:func:`models.counter_random.counter_uniform`,
+    no generator: compiles into the step's graph), so the draws of global row i are the same whether it sits on
+    rank 1 of 2 or in group 2 of a single process (see ``loss.itm_neg_group``)."""
     import torch.distributed as dist
-    distributed = dist.is_available() and dist.is_initialized()
-    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    noise = torch.rand(2, world * n_local, group, generator=gen, device=device)
-    return noise[:, rank * n_local:(rank + 1) * n_local]
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rows = rank * n_local + torch.arange(n_local, device=device)
+    return counter_uniform(seed, 2, rows, group)  # one stream per direction

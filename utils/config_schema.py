@@ -82,6 +82,7 @@ RULES: dict[str, Rule] = {
     "optimizer.no_decay": _one_of("extended", "official"),
     "optimizer.lr_mult": POSITIVE_FLOAT, "optimizer.cross_modal_lr_mult": POSITIVE_FLOAT,
     "optimizer.betas": Rule("pair", 0.0, 1.0, open_hi=True), "optimizer.eps": POSITIVE_FLOAT,
+    "optimizer.kernels": _one_of("auto", "fused", "foreach"),
     "scheduler.name": _one_of(*SCHEDULERS),
     "scheduler.warmup": Rule("warmup"),
     "data.root": OPTIONAL_PATH,
@@ -97,6 +98,7 @@ RULES: dict[str, Rule] = {
     "data.crop_scale_finetune": Rule("range", 0.0, 1.0, open_lo=True),
     "data.randaugment_magnitude": _int(0, 10),
     "data.hflip": _one_of("swap", "careful", "none"),
+    "data.jpeg_draft": Rule("bool"),
     "data.num_workers": NON_NEGATIVE, "data.max_bad_fraction": FRACTION, "data.bad_window": POSITIVE,
     "data.max_image_pixels": _int(0, null=True),  # 0 / null: no bound
     "data.wds_shuffle_buffer": NON_NEGATIVE,

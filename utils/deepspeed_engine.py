@@ -243,9 +243,9 @@ class DeepSpeedEngine(TrainEngine):
         self.wrapped.step()  # a no-op except at the accumulation boundary
         return out
 
-    def step(self, finite: bool) -> bool:
-        # a non-finite step was already dropped by DeepSpeed (its overflow check)
-        return finite and bool(self.wrapped.was_step_applied())
+    def step(self, finite: torch.Tensor) -> None:
+        """Nothing left to do: ``backward`` already stepped, and DeepSpeed dropped a non-finite step itself (its
+        overflow check)."""
 
     def checkpoint_state(self, checkpoint: Path) -> dict[str, Any]:
         return {"scaler": self._scaler_state, "model": save_shards(self.wrapped, checkpoint, self._shapes)}

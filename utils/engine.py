@@ -41,9 +41,10 @@ class TrainEngine(abc.ABC):
         ``last_micro``: the last micro-batch of the optimizer step (gradients are synchronised then)."""
 
     @abc.abstractmethod
-    def step(self, finite: bool) -> bool:
-        """End the optimizer step: apply it when the global loss was ``finite``, else drop its gradients.
-        Returns whether the optimizer applied a step (then the scheduler and the model's hook follow)."""
+    def step(self, finite: torch.Tensor) -> None:
+        """End the optimizer step: apply it where the global loss was ``finite`` (a 0-d bool tensor on the
+        device), else drop its gradients; without reading ``finite`` back where the optimizer can skip on the
+        device (fused AdamW)."""
 
     @abc.abstractmethod
     def checkpoint_state(self, checkpoint: Path) -> dict[str, Any]:
@@ -87,15 +88,19 @@ class DDPEngine(TrainEngine):
             self.scaler.scale(out["loss"] / self.grad_accum).backward()
         return out
 
-    def step(self, finite: bool) -> bool:
-        if finite:
-            if self.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+    def step(self, finite: torch.Tensor) -> None:
+        if self.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        if self.scaler.is_enabled() or not _skips_on_device(self.optimizer):
+            if bool(finite):  # a host sync: only fp16 (the scaler's own check) and unfused optimizers get here
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+        else:  # the fused kernels leave parameters and state alone where found_inf is 1
+            self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+            self.optimizer.step()
+            del self.optimizer.found_inf  # type: ignore[attr-defined]
         self.optimizer.zero_grad(set_to_none=True)
-        return finite
 
     def checkpoint_state(self, checkpoint: Path) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -112,6 +117,11 @@ class DDPEngine(TrainEngine):
 
     def state_changes(self, state: dict[str, Any]) -> list[str]:
         return state_changes(state["model"], self.model.state_dict()) if "model" in state else []
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` honours a ``found_inf`` tensor (torch's fused Adam / AdamW / SGD kernels)."""
+    return bool(optimizer.defaults.get("fused")) and getattr(optimizer, "_step_supports_amp_scaling", False)
 
 
 __all__ = ["DTYPES", "DDPEngine", "TrainEngine"]

@@ -58,12 +58,12 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: floa
 
 
 def build_optimizer(model: nn.Module, opt_cfg: dict, fresh: set[str] | None = None) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups`; fused kernels on CUDA when available."""
+    """AdamW over :func:`param_groups`; torch's fused or foreach kernels per ``kernels`` (auto: fused on CUDA)."""
     groups = param_groups(model, opt_cfg["lr"], opt_cfg["weight_decay"], opt_cfg["lr_mult"], fresh,
                           opt_cfg["cross_modal_lr_mult"], opt_cfg["no_decay"])
-    on_cuda = next(model.parameters()).is_cuda
+    fused = {"auto": next(model.parameters()).is_cuda, "fused": True, "foreach": False}[opt_cfg["kernels"]]
     return torch.optim.AdamW(groups, lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]),
-                             eps=opt_cfg["eps"], fused=on_cuda or None)
+                             eps=opt_cfg["eps"], fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: dict, total_steps: int):

@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from utils.engine import DTYPES, DDPEngine, TrainEngine
 from utils.errors import ExitWithMessage
 from utils.optim import build_optimizer, build_scheduler
 from utils.parent_death import PARENT_DIED
+from utils.step_window import LogWindow, NonFiniteCount
 from utils.train_state import (
     CKPT_DIR,
     checkpoint_name,
@@ -112,8 +112,7 @@ class Trainer:
         self.engine = ENGINES[train["engine"]](self.model, self.optimizer, cfg, dist_info)
         self.step = 0
         self.samples_seen = 0
-        self.skipped_nonfinite = 0
-        self._nonfinite_run = 0
+        self._nonfinite = NonFiniteCount(dist_info.device)
         self.log_path = self.output_dir / "log.jsonl"
         self._tb: SummaryWriter | None = None
         self._data = None
@@ -174,7 +173,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.samples_seen = state["samples_seen"]
-        self.skipped_nonfinite = state["skipped_nonfinite"]
+        self._nonfinite = NonFiniteCount(self.dist.device, state["skipped_nonfinite"])
         if self._data is not None:
             if "data" not in state:
                 raise ValueError(f"{path} has no data position; it cannot resume a tracked data stream exactly")
@@ -259,20 +258,27 @@ class Trainer:
             self._hooks.set_loss_switches(switches)
             self._log({"event": "stage", "stage": index, "step": self.step, "loss": switches})
 
-    def _finish_step(self, finite: bool) -> None:
-        """Apply the optimizer step (or drop a non-finite one, counting it), then the scheduler and hook."""
-        applied = self.engine.step(finite)
-        if not finite:
-            self.skipped_nonfinite += 1
-            self._nonfinite_run += 1
-            if self._nonfinite_run >= self.train_cfg["max_nonfinite"]:
-                raise NonFiniteLossError(f"{self._nonfinite_run} non-finite losses in a row at step {self.step}")
-            return
-        self._nonfinite_run = 0
-        if applied:
-            self.scheduler.step()
-            if self._hooks is not None:
-                self._hooks.after_optimizer_step()
+    @property
+    def skipped_nonfinite(self) -> int:
+        """Optimizer steps dropped for a non-finite loss (read from the device: a host sync)."""
+        return self._nonfinite.total
+
+    def _finish_step(self, finite: torch.Tensor) -> None:
+        """Apply the optimizer step where ``finite`` (a device bool; the engine drops the step's gradients
+        otherwise), count a dropped one, then the scheduler and the model's hook. The LR schedule follows the
+        step counter: a dropped step advances it too, so nothing here waits for the device."""
+        self.engine.step(finite)
+        self._nonfinite.add(finite)
+        self.scheduler.step()
+        if self._hooks is not None:
+            self._hooks.after_optimizer_step()
+
+    def _check_nonfinite(self) -> int:
+        """Read the skipped-step count (once per log window); raise after ``train.max_nonfinite`` in a row."""
+        total, longest = self._nonfinite.read()
+        if longest >= self.train_cfg["max_nonfinite"]:
+            raise NonFiniteLossError(f"{longest} non-finite losses in a row by step {self.step}")
+        return total
 
     def fit(self, batches: BatchFactory, extra_log: Callable[[], dict[str, Any]] | None = None,
             stop_after: int | None = None) -> dict[str, float]:
@@ -294,7 +300,9 @@ class Trainer:
                     try:
                         window.add_images(self._train_step(it, window, bar))
                         if self.step % self.train_cfg["log_every"] == 0 or self.step == total:
-                            self._log(self._log_record(window.close(), extra_log))
+                            self._log(self._log_record(window.close(all_reduce_mean), extra_log))
+                            if bar is not None and "loss" in window.last:
+                                bar.set_postfix(loss=f"{window.last['loss']:.3f}")
                         if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
                             self._saved = (self.step, self.save())
                         self._stop_if_signalled(stop)
@@ -321,7 +329,7 @@ class Trainer:
         losses, images_per_s = window
         record = {"step": self.step, **losses, "lr": self.scheduler.get_last_lr()[0],
                   "images_per_s": images_per_s * self.dist.world_size,
-                  "samples_seen": self.samples_seen, "skipped_nonfinite": self.skipped_nonfinite,
+                  "samples_seen": self.samples_seen, "skipped_nonfinite": self._check_nonfinite(),
                   **self._data_counters()}
         if extra_log is not None:
             record.update(extra_log())
@@ -341,7 +349,8 @@ class Trainer:
 
     def _train_step(self, it: Iterator[dict[str, Any]], window: LogWindow, bar: Any) -> int:
         """One optimiser step over ``train.grad_accum`` micro-batches of ``it``; the losses go to ``window``.
-        Returns the images this rank trained on."""
+        Returns the images this rank trained on. Nothing here reads a device value back (no host sync): the
+        non-finite check, the losses and the counters stay on the device until the log window closes."""
         self._enter_stage()
         accum = self.train_cfg["grad_accum"]
         losses: defaultdict[str, Any] = defaultdict(float)  # 0.0, then the tensor sum of the micro-batches
@@ -349,49 +358,21 @@ class Trainer:
         for micro in range(accum):
             batch = to_device(next(it), self.dist.device, self.engine.input_dtype)
             if self._hooks is not None:  # the seed of the model's draws (TrainingHooks)
-                batch["sample_seed"] = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
+                seed = self.cfg["seed"] * 1_000_003 + self.step * accum + micro
+                batch["sample_seed"] = torch.full((), seed, dtype=torch.int64, device=self.dist.device)
             out = self.engine.forward_backward(batch, last_micro=micro == accum - 1)
             for k, v in out.items():
                 losses[k] += v.detach().float() / accum
             n = count_images(batch)
             images += n
             self.samples_seen += n * self.dist.world_size
-        loss = all_reduce_mean(losses["loss"])
-        finite = bool(torch.isfinite(loss))
+        finite = torch.isfinite(all_reduce_mean(losses["loss"]))  # the ranks agree (a collective, no host sync)
         self._finish_step(finite)
         self.step += 1
-        if finite:
-            window.add_losses({k: float(all_reduce_mean(v)) for k, v in losses.items()})
+        window.add_losses(dict(losses), finite)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
         return images
-
-
-class LogWindow:
-    """The losses and images of the steps since the last log record."""
-
-    def __init__(self) -> None:
-        self.losses: dict[str, list[float]] = defaultdict(list)
-        self.images = 0
-        self.start = time.perf_counter()
-        self.last: dict[str, float] = {}  # the mean losses of the last closed window
-
-    def add_losses(self, losses: dict[str, float]) -> None:
-        for k, v in losses.items():
-            self.losses[k].append(v)
-
-    def add_images(self, n: int) -> None:
-        self.images += n
-
-    def close(self) -> tuple[dict[str, float], float]:
-        """``(mean losses, images per second of this rank)`` of the window; a new window starts."""
-        elapsed = time.perf_counter() - self.start
-        self.last = {k: sum(v) / len(v) for k, v in self.losses.items() if v}
-        rate = self.images / max(elapsed, 1e-9)
-        self.losses.clear()
-        self.images, self.start = 0, time.perf_counter()
-        return dict(self.last), rate
 
 
 class TrainingStopped(ExitWithMessage):
