@@ -83,6 +83,7 @@ RULES: dict[str, Rule] = {
     "optimizer.lr_mult": POSITIVE_FLOAT, "optimizer.cross_modal_lr_mult": POSITIVE_FLOAT,
     "optimizer.betas": Rule("pair", 0.0, 1.0, open_hi=True), "optimizer.eps": POSITIVE_FLOAT,
     "optimizer.kernels": _one_of("auto", "fused", "foreach"),
+    "train.compile_mode": _one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "scheduler.name": _one_of(*SCHEDULERS),
     "scheduler.warmup": Rule("warmup"),
     "data.root": OPTIONAL_PATH,

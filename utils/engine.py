@@ -77,8 +77,8 @@ class DDPEngine(TrainEngine):
             ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(model, device_ids=ids,
                                                    find_unused_parameters=train["ddp_find_unused"])
-        if train["compile"]:
-            self.wrapped = cast(nn.Module, torch.compile(self.wrapped))  # a module compiles to a module
+        if train["compile"]:  # a module compiles to a module
+            self.wrapped = cast(nn.Module, torch.compile(self.wrapped, mode=train["compile_mode"]))
 
     def forward_backward(self, batch: dict[str, Any], last_micro: bool) -> dict[str, torch.Tensor]:
         skip_sync = not last_micro and isinstance(self.wrapped, DistributedDataParallel)
