@@ -95,13 +95,44 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def all_reduce_max(value: int, device: torch.device) -> int:
-    """The largest of every rank's ``value`` (``value`` itself when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.int64, device=device)
+class LaggedMax:
+    """The largest of every rank's value, one call late, without waiting for the device's queue: call ``i``
+    starts an all-reduce of this rank's value and returns call ``i - 1``'s result (0 on the first call), copied
+    to host memory behind the work queued before it, so the read waits for the previous step only and the current
+    one stays queued. Every rank gets the same answer at the same call. Not distributed: the value itself."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._pending: tuple[torch.Tensor, Any] | None = None
+
+    def __call__(self, value: int) -> int:
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
-    return value
+        if self.device.type == "cuda":
+            host = torch.empty(1, dtype=torch.int64, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            done: Any = torch.cuda.Event()
+            done.record()
+        else:
+            host, done = t, None
+        previous, self._pending = self._pending, (host, done)
+        if previous is None:
+            return 0
+        if previous[1] is not None:
+            previous[1].synchronize()
+        return int(previous[0][0])
+
+    def now(self, value: int) -> int:
+        """The largest of every rank's ``value`` at once (waits for the device), and of any vote still pending."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return value
+        pending = self(value)
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        self._pending = None
+        return max(pending, int(t.item()))
 
 
 class CollectiveTimeout(ExitWithMessage):

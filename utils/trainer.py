@@ -20,7 +20,7 @@ from torch import nn
 from utils.atomic import output_error
 from utils.config import ConfigError, save_config
 from utils.deepspeed_engine import DeepSpeedEngine
-from utils.dist import DistInfo, all_reduce_max, all_reduce_mean, collective_timeout, is_collective_timeout
+from utils.dist import DistInfo, LaggedMax, all_reduce_mean, collective_timeout, is_collective_timeout
 from utils.engine import DTYPES, DDPEngine, TrainEngine
 from utils.errors import ExitWithMessage
 from utils.optim import build_optimizer, build_scheduler
@@ -113,6 +113,7 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self._nonfinite = NonFiniteCount(dist_info.device)
+        self._stop_vote = LaggedMax(dist_info.device)
         self.log_path = self.output_dir / "log.jsonl"
         self._tb: SummaryWriter | None = None
         self._data = None
@@ -287,7 +288,8 @@ class Trainer:
 
         SIGTERM / SIGINT / SIGHUP (:class:`StopSignals`; SIGTERM or SIGINT twice: stop at once) end the current
         optimiser step, write a step checkpoint and raise :class:`TrainingStopped`; the ranks of a job agree on
-        the step (one tiny all-reduce per step). A collective that waits longer than ``train.dist_timeout`` raises
+        the step (one tiny all-reduce per step, read one step later: a signal stops the job after the next step,
+        or after the last one). A collective that waits longer than ``train.dist_timeout`` raises
         :class:`utils.dist.CollectiveTimeout` naming the ranks that stopped answering."""
         total = self.train_cfg["steps"] if stop_after is None else min(stop_after, self.train_cfg["steps"])
         it = batches(self.step * self.train_cfg["grad_accum"])
@@ -305,7 +307,7 @@ class Trainer:
                                 bar.set_postfix(loss=f"{window.last['loss']:.3f}")
                         if self.step % self.train_cfg["ckpt_every"] == 0 or self.step == total:
                             self._saved = (self.step, self.save())
-                        self._stop_if_signalled(stop)
+                        self._stop_if_signalled(stop, last=self.step == total)
                     except RuntimeError as e:
                         if self.dist.distributed and is_collective_timeout(e):
                             raise collective_timeout(e, self.step + 1) from e
@@ -335,9 +337,11 @@ class Trainer:
             record.update(extra_log())
         return record
 
-    def _stop_if_signalled(self, stop: StopSignals) -> None:
-        """When any rank got a stop signal: make sure this step is checkpointed, log, raise TrainingStopped."""
-        signum = all_reduce_max(stop.signum, self.dist.device)  # the ranks agree
+    def _stop_if_signalled(self, stop: StopSignals, last: bool) -> None:
+        """When any rank got a stop signal: make sure this step is checkpointed, log, raise TrainingStopped.
+        The ranks agree; on several, a signal counts at the end of the next step (:class:`LaggedMax`: no wait for
+        the device per step), or of this one when it is the ``last``."""
+        signum = self._stop_vote.now(stop.signum) if last else self._stop_vote(stop.signum)
         if not signum:
             return
         if self._saved[0] != self.step:
