@@ -111,3 +111,13 @@ def test_ids_are_offset_per_rank(cfg):
     a = next(iter(create_pretrain_loader(cfg, rank=0, world_size=2, steps=1)))["ids"]
     b = next(iter(create_pretrain_loader(cfg, rank=1, world_size=2, steps=1)))["ids"]
     assert not set(a.tolist()) & set(b.tolist())
+
+
+def test_every_step_has_the_same_shapes(cfg):
+    """Fixed shapes from step to step, across epoch ends (16 images: 4 image-text batches per epoch), so a compiled
+    step never recompiles and CUDA graphs can replay it: texts padded to ``max_tokens``, MLM fields to
+    ``max_masks``, region rows to ``data.regions.batch_size`` and region images to ``max_images``."""
+    shapes = [{k: tuple(v.shape) for k, v in b.items() if isinstance(v, torch.Tensor)}
+              for b in create_pretrain_loader(cfg, steps=10)]
+    assert len(shapes) == 10 and all(s == shapes[0] for s in shapes), shapes
+    assert shapes[0]["text_ids"] == (12, 30) and shapes[0]["images"] == (7, 3, 64, 64)
