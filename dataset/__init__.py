@@ -12,7 +12,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from dataset.annotation import AnnotationDataset
-from dataset.io import set_max_image_pixels
+from dataset.io import set_jpeg_draft, set_max_image_pixels
 from dataset.masking import MaskGenerator
 from dataset.pretrain import (
     ImageTextDataset,
@@ -62,13 +62,15 @@ def image_transform(cfg: dict, train: bool, pretrain: bool = False, hflip: str |
     d = cfg["data"]
     scale = d["crop_scale_pretrain"] if pretrain else d["crop_scale_finetune"]
     return ImageTransform(cfg["model"]["image_res"], train, scale=tuple(scale), hflip=hflip or d["hflip"],
-                          randaugment=d["randaugment"], magnitude=d["randaugment_magnitude"])
+                          randaugment=d["randaugment"], magnitude=d["randaugment_magnitude"], draft=d["jpeg_draft"],
+                          kernels=d["randaugment_kernels"])
 
 
 def box_transform(cfg: dict, train: bool = True) -> BoxAwareTransform:
     d = cfg["data"]
     return BoxAwareTransform(cfg["model"]["image_res"], d["regions"]["min_perc_in_image"], hflip=d["hflip"],
-                             randaugment=d["randaugment"], magnitude=d["randaugment_magnitude"], train=train)
+                             randaugment=d["randaugment"], magnitude=d["randaugment_magnitude"], train=train,
+                             draft=d["jpeg_draft"], kernels=d["randaugment_kernels"])
 
 
 def _is_shards(files: Any) -> bool:
@@ -164,6 +166,7 @@ def create_dataset(task: str, cfg: dict, split: str | list[str] = "train", token
         set_max_image_pixels(d["max_image_pixels"])  # process-wide (and for its workers): every image reader
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    set_jpeg_draft(d["jpeg_draft"])  # likewise: JPEGs opened, decoded by the transform (at reduced scale)
     common = {"root": d["root"], "training": train, "max_bad_fraction": d["max_bad_fraction"],
               "bad_window": d["bad_window"]}
     if task.startswith("pretrain_") and task.removeprefix("pretrain_") in PRETRAIN_SOURCES:

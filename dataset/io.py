@@ -27,6 +27,13 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 #: the bound travels to DataLoader workers and other processes started with spawn / forkserver in this variable
 MAX_IMAGE_PIXELS_ENV = "X2VLM_MAX_IMAGE_PIXELS"
 _max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+#: ``data.jpeg_draft`` travels to worker processes in this variable ("1": JPEG decoding deferred)
+JPEG_DRAFT_ENV = "X2VLM_JPEG_DRAFT"
+_defer_jpeg = os.environ.get(JPEG_DRAFT_ENV, "0") == "1"
+#: attribute of an image from :func:`load_image` whose JPEG decoding is deferred: what to name in errors
+_DEFERRED = "_x2vlm_deferred"
+#: the reduced scales libjpeg decodes at (DCT scaling), largest first
+DRAFT_SCALES = (8, 4, 2)
 
 
 class BadSample(ValueError):
@@ -236,10 +243,63 @@ def _too_large(what: str, pixels: int, size: str = "") -> ImageTooLarge:
                          f"the limit if such images are wanted)")
 
 
-def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
+def set_jpeg_draft(on: bool) -> None:
+    """``data.jpeg_draft``: :func:`load_image` returns RGB JPEGs (no EXIF turn) opened but not yet decoded, so
+    that a training crop can decode them at a reduced scale (:func:`decode_deferred`); any other use of such
+    an image decodes it in full on first access. Process-wide (set by :func:`dataset.create_dataset`) and
+    exported in ``X2VLM_JPEG_DRAFT`` for spawned worker processes, as :func:`set_max_image_pixels`."""
+    global _defer_jpeg
+    _defer_jpeg = bool(on)
+    os.environ[JPEG_DRAFT_ENV] = "1" if on else "0"
+
+
+def jpeg_draft() -> bool:
+    """Whether :func:`load_image` defers JPEG decoding (:func:`set_jpeg_draft`)."""
+    return _defer_jpeg
+
+
+def _deferrable(im: Image.Image) -> bool:
+    if im.format != "JPEG" or im.mode != "RGB" or "transparency" in im.info:
+        return False
+    try:
+        return im.getexif().get(ExifTags.Base.Orientation, 1) not in (2, 3, 4, 5, 6, 7, 8)
+    except _EXIF_ERRORS:
+        return True  # unreadable EXIF: exif_upright would leave the image unturned too
+
+
+def is_deferred(image: Image.Image) -> bool:
+    """True for a JPEG from :func:`load_image` whose pixels are not decoded yet (see :func:`set_jpeg_draft`)."""
+    return getattr(image, _DEFERRED, None) is not None
+
+
+def decode_deferred(image: Image.Image, reduce: int = 1) -> tuple[Image.Image, int]:
+    """Decode a deferred JPEG (:func:`is_deferred`) at ``1/reduce`` of its size (``reduce`` one of 1, 2, 4, 8:
+    libjpeg's DCT scaling, much cheaper than decoding in full and then shrinking); returns the decoded image
+    and the scale it was decoded at: ``reduce``, or 1 for an image that was not deferred (returned as it is).
+    A pixel ``(x, y)`` of the original lies at ``(x / scale, y / scale)`` in the decoded image (whose size is
+    the original's divided by ``scale``, rounded up). :class:`BadSample` if the data does not decode."""
+    what = getattr(image, _DEFERRED, None)
+    if what is None:
+        return image, 1
+    scale = 1
+    try:
+        w, h = image.size
+        if reduce > 1 and w >= reduce and h >= reduce:
+            got = image.draft("RGB", (w // reduce, h // reduce))
+            if got is not None:
+                scale = round(w / got[1][2])
+        image.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadSample(f"{what}: corrupt or unreadable image ({e})") from e
+    setattr(image, _DEFERRED, None)
+    return image, scale
+
+
+def decode_image_bytes(data: bytes, what: str = "image", defer: bool | None = None) -> Image.Image:
     """Decode encoded image bytes to 8-bit RGB as displayed (:func:`to_rgb`); :class:`BadSample` if they are
     not a readable image, :class:`ImageTooLarge` (from the header, nothing decoded) above
-    :func:`max_image_pixels`."""
+    :func:`max_image_pixels`. ``defer`` (default: :func:`jpeg_draft`): an RGB JPEG is returned opened, its
+    pixels decoded later (:func:`decode_deferred`, or on first access)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # below the bound: decoded as asked
@@ -247,6 +307,9 @@ def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
         w, h = im.size
         if _max_image_pixels is not None and w * h > _max_image_pixels:
             raise _too_large(what, w * h, f"{w}x{h}")
+        if (_defer_jpeg if defer is None else defer) and _deferrable(im):
+            setattr(im, _DEFERRED, what)
+            return im
         im.load()
         return to_rgb(im)
     except BadSample:
@@ -271,14 +334,14 @@ def looks_like_base64(value: Any) -> TypeGuard[str]:
 
 
 def load_image(value: str | bytes, is_path: bool | None = True, root: str | os.PathLike | None = None,
-               where: str = "") -> Image.Image:
+               where: str = "", defer: bool | None = None) -> Image.Image:
     """Open an image from a path (joined to ``root`` when relative) or from base64 text / raw bytes.
 
     ``is_path``: True (a path), False (base64 text), None (decide per value with :func:`looks_like_base64`:
-    the task datasets take either in their image fields)."""
+    the task datasets take either in their image fields). ``defer``: see :func:`decode_image_bytes`."""
     prefix = f"{where}: " if where else ""
     if isinstance(value, bytes):
-        return decode_image_bytes(value, f"{prefix}image bytes")
+        return decode_image_bytes(value, f"{prefix}image bytes", defer)
     if not isinstance(value, str) or not value:
         raise BadSample(f"{prefix}image field is empty or not a string")
     if is_path is None:
@@ -289,12 +352,12 @@ def load_image(value: str | bytes, is_path: bool | None = True, root: str | os.P
             data = path.read_bytes()
         except OSError as e:
             raise BadSample(f"{prefix}image file {path} cannot be read ({e.strerror})") from e
-        return decode_image_bytes(data, f"{prefix}{path}")
+        return decode_image_bytes(data, f"{prefix}{path}", defer)
     try:
         data = base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError) as e:
         raise BadSample(f"{prefix}image field is not valid base64 ({e})") from e
-    return decode_image_bytes(data, f"{prefix}base64 image")
+    return decode_image_bytes(data, f"{prefix}base64 image", defer)
 
 
 def image_to_base64(image: Image.Image, fmt: str = "JPEG", quality: int = 95) -> str:

@@ -79,17 +79,26 @@ def choose_caption(value: Any, language: str | None = None, rng: random.Random |
 
 
 class TextProcessor:
-    """Tokenise a caption to fixed-length ids/attention (+ masked copy, positions and labels)."""
+    """Tokenise a caption to fixed-length ids/attention (+ masked copy, positions and labels).
 
-    def __init__(self, tokenizer, max_tokens: int = 30, max_words: int = 30, masker: MaskGenerator | None = None):
+    Cleaning and tokenising are deterministic, so their result is kept per caption text (up to
+    ``cache_size`` texts per process, then the store starts afresh): region phrases ("white car", "man")
+    and captions met again are tokenised once. Only the MLM masking is drawn per sample."""
+
+    def __init__(self, tokenizer, max_tokens: int = 30, max_words: int = 30, masker: MaskGenerator | None = None,
+                 cache_size: int = 8192):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.max_words = max_words
         self.masker = masker
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[tuple[int, ...], int]] = {}
 
-    def encode(self, caption: str, rng: random.Random | None = None) -> dict[str, Any]:
-        """``text_ids``, ``text_atts`` (+ the MLM fields with a masker) padded to ``max_tokens``, and
-        ``truncated`` (1 if the text had more tokens than fit and was cut, else 0)."""
+    def _ids(self, caption: str) -> tuple[tuple[int, ...], int]:
+        """([CLS] + word pieces + [SEP] cut to ``max_tokens``, 1 if cut else 0) of a caption."""
+        hit = self._cache.get(caption) if isinstance(caption, str) else None
+        if hit is not None:
+            return hit
         text = pre_caption(caption, self.max_words)
         tok = self.tokenizer
         pieces = tok.convert_tokens_to_ids(tok.tokenize(text))
@@ -97,7 +106,19 @@ class TextProcessor:
         pieces = pieces[: self.max_tokens - 2]
         if not pieces:
             raise BadSample(f"caption has no tokens: {caption!r}")
-        ids = [tok.cls_token_id] + pieces + [tok.sep_token_id]
+        hit = (tuple([tok.cls_token_id] + pieces + [tok.sep_token_id]), truncated)
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        if self.cache_size:
+            self._cache[caption] = hit
+        return hit
+
+    def encode(self, caption: str, rng: random.Random | None = None) -> dict[str, Any]:
+        """``text_ids``, ``text_atts`` (+ the MLM fields with a masker) padded to ``max_tokens``, and
+        ``truncated`` (1 if the text had more tokens than fit and was cut, else 0)."""
+        tok = self.tokenizer
+        cached, truncated = self._ids(caption)
+        ids = list(cached)
         n_pad = self.max_tokens - len(ids)
         out = {"text_ids": ids + [tok.pad_token_id] * n_pad, "text_atts": [1] * len(ids) + [0] * n_pad,
                "truncated": truncated}

@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
-from dataset.io import BadSample
+from dataset.io import DRAFT_SCALES, BadSample, decode_deferred
 from dataset.text import has_left_right, swap_left_right
 from utils.box_ops import xywh_to_xyxy
 
@@ -32,25 +32,82 @@ GEOMETRIC_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpnes
 PHOTOMETRIC_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness")
 BICUBIC = InterpolationMode.BICUBIC
 FILL = [128.0, 128.0, 128.0]
+#: ``data.randaugment_kernels``: which implementation of the RandAugment ops runs (:class:`OfficialRandAugment`)
+KERNELS = ("pil", "tensor")
+ImageOrTensor = Image.Image | torch.Tensor
 
 
 def to_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    return F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+    """uint8 (C, H, W) of a PIL image (a deferred JPEG decoded in full); a tensor as it is."""
+    return F.pil_to_tensor(decode_deferred(image)[0]) if isinstance(image, Image.Image) else image
+
+
+def draft_scale(crop_h: int, crop_w: int, out_h: int, out_w: int) -> int:
+    """The largest JPEG draft reduction (8, 4 or 2; else 1) at which a crop of ``crop_h`` x ``crop_w``
+    original pixels keeps more than ``out_h`` x ``out_w`` pixels (one to spare for rounding its ends), so
+    the crop is still shrunk, never enlarged, to the output size."""
+    for s in DRAFT_SCALES:
+        if crop_h >= s * (out_h + 1) and crop_w >= s * (out_w + 1):
+            return s
+    return 1
+
+
+def scale_box(box: tuple[int, int, int, int], scale: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` = (top, left, height, width) in original pixels, in an image decoded at ``1/scale`` whose
+    (width, height) is ``size``: each end divided by ``scale`` and rounded to the nearest pixel, kept inside."""
+    if scale == 1:
+        return box
+    top, left, h, w = box
+    t, lt = round(top / scale), round(left / scale)
+    b, r = min(round((top + h) / scale), size[1]), min(round((left + w) / scale), size[0])
+    return t, lt, b - t, r - lt
+
+
+def decode_crop(image: Image.Image, box: tuple[int, int, int, int], out_size: tuple[int, int],
+                draft: bool = True) -> torch.Tensor:
+    """The pixels of ``box`` = (top, left, height, width), given in ``image``'s own coordinates, as uint8
+    (C, h, w). A deferred JPEG (:func:`dataset.io.is_deferred`) is decoded at the largest reduction that
+    keeps more than ``out_size`` = (height, width) pixels in the box (:func:`draft_scale`) when ``draft``,
+    and the box mapped onto it (:func:`scale_box`); any other image is cropped as it is."""
+    scale = draft_scale(box[2], box[3], *out_size) if draft else 1
+    image, scale = decode_deferred(image, scale)
+    top, left, h, w = scale_box(box, scale, image.size)
+    return F.pil_to_tensor(image.crop((left, top, left + w, top + h)))
+
+
+_MEAN_T, _STD_T = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (…, 3, H, W) → float normalised with the official mean/std."""
-    return F.normalize(F.to_dtype(image, torch.float32, scale=True), MEAN, STD)
+    """uint8 (…, 3, H, W) → contiguous float normalised with the official mean/std: the operations of
+    torchvision's ``normalize(to_dtype(image, scale=True))`` (same values), done in place on one new tensor."""
+    if image.dtype != torch.uint8:
+        return F.normalize(F.to_dtype(image.contiguous(), torch.float32, scale=True), MEAN, STD)
+    out = image.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / 255)
+    return out.sub_(_MEAN_T).div_(_STD_T)
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 (3, H, W) → RGB PIL image (one copy; none more for a channels-last tensor)."""
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
 
 
 class OfficialRandAugment:
-    """RandAugment with the official op list, probability and magnitude (see module docstring)."""
+    """RandAugment with the official op list, probability and magnitude (see module docstring).
+
+    ``kernels``: ``"pil"`` runs the ops on a single RGB image with PIL's C kernels (torchvision's PIL
+    backend of the same functions: several times faster on a CPU core than its tensor kernels, pixels equal
+    up to rounding and interpolation ties), converting only when an op is applied; ``"tensor"`` uses
+    torchvision's tensor kernels (always for stacked video frames). Either way tensor in, tensor out, and
+    the same random draws."""
 
     def __init__(self, num_ops: int = 2, magnitude: int = 7, ops: Sequence[str] = GEOMETRIC_OPS,
-                 max_level: int = 10):
-        self.num_ops, self.level, self.ops = num_ops, magnitude / max_level, tuple(ops)
+                 max_level: int = 10, kernels: str = "tensor"):
+        if kernels not in KERNELS:
+            raise ValueError(f"RandAugment kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        self.num_ops, self.level, self.ops, self.kernels = num_ops, magnitude / max_level, tuple(ops), kernels
 
-    def _apply(self, op: str, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    def _apply(self, op: str, img: ImageOrTensor, rng: random.Random) -> ImageOrTensor:
         sign = -1.0 if rng.random() < 0.5 else 1.0
         if op == "Identity":
             return img
@@ -76,11 +133,15 @@ class OfficialRandAugment:
 
     def __call__(self, img: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
         rng = rng or cast(random.Random, random)
+        use_pil = self.kernels == "pil" and img.ndim == 3 and img.shape[0] == 3 and img.dtype == torch.uint8
+        out: ImageOrTensor = img
         for _ in range(self.num_ops):
             op = rng.choice(self.ops)
             if rng.random() < 0.5:
-                img = self._apply(op, img, rng)
-        return img
+                if use_pil and op != "Identity" and isinstance(out, torch.Tensor):
+                    out = tensor_to_pil(out)
+                out = self._apply(op, out, rng)
+        return F.pil_to_tensor(out) if isinstance(out, Image.Image) else out
 
 
 def random_resized_crop_params(h: int, w: int, scale: tuple[float, float], rng: random.Random,
@@ -115,20 +176,27 @@ class ImageTransform:
     """
 
     def __init__(self, image_res: int, train: bool, scale: tuple[float, float] = (0.2, 1.0), hflip: str = "swap",
-                 randaugment: bool = True, ops: Sequence[str] = GEOMETRIC_OPS, magnitude: int = 7):
-        self.res, self.train, self.hflip = image_res, train, hflip
+                 randaugment: bool = True, ops: Sequence[str] = GEOMETRIC_OPS, magnitude: int = 7,
+                 draft: bool = False, kernels: str = "tensor"):
+        self.res, self.train, self.hflip, self.draft = image_res, train, hflip, draft
         self.scale = cast(tuple[float, float], tuple(scale))
-        self.randaug = OfficialRandAugment(2, magnitude, ops) if randaugment else None
+        self.randaug = OfficialRandAugment(2, magnitude, ops, kernels=kernels) if randaugment else None
 
     def __call__(self, image: Image.Image | torch.Tensor, texts: Sequence[str] = (),
                  rng: random.Random | None = None) -> tuple[torch.Tensor, list[str]]:
         rng = rng or cast(random.Random, random)
-        img = to_uint8_tensor(image)
         texts = list(texts)
         if not self.train:
+            img = to_uint8_tensor(image)
             return normalize(F.resize(img, [self.res, self.res], interpolation=BICUBIC, antialias=True)), texts
-        top, left, h, w = random_resized_crop_params(img.shape[-2], img.shape[-1], self.scale, rng)
-        img = F.resized_crop(img, top, left, h, w, [self.res, self.res], interpolation=BICUBIC, antialias=True)
+        if isinstance(image, Image.Image):  # crop first, then convert only the crop (a JPEG: maybe drafted)
+            box = random_resized_crop_params(image.size[1], image.size[0], self.scale, rng)
+            img = decode_crop(image, box, (self.res, self.res), self.draft)
+            img = F.resize(img, [self.res, self.res], interpolation=BICUBIC, antialias=True)
+        else:
+            top, left, h, w = random_resized_crop_params(image.shape[-2], image.shape[-1], self.scale, rng)
+            img = F.resized_crop(image, top, left, h, w, [self.res, self.res], interpolation=BICUBIC,
+                                 antialias=True)
         flip, texts = _decide_flip(texts, self.hflip, rng)
         if flip:
             img = F.horizontal_flip(img)
@@ -159,16 +227,17 @@ class BoxAwareTransform:
     """
 
     def __init__(self, image_res: int, min_perc_in_image: float = 0.5, hflip: str = "swap",
-                 randaugment: bool = True, magnitude: int = 7, train: bool = True):
+                 randaugment: bool = True, magnitude: int = 7, train: bool = True, draft: bool = False,
+                 kernels: str = "tensor"):
         self.res, self.min_perc, self.hflip, self.train = image_res, min_perc_in_image, hflip, train
-        self.randaug = OfficialRandAugment(2, magnitude, PHOTOMETRIC_OPS) if randaugment else None
+        self.draft = draft
+        self.randaug = OfficialRandAugment(2, magnitude, PHOTOMETRIC_OPS, kernels=kernels) if randaugment else None
 
     def __call__(self, image: Image.Image | torch.Tensor, boxes_xywh: torch.Tensor, anchor: int,
                  texts: Sequence[str] = (), rng: random.Random | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         rng = rng or cast(random.Random, random)
-        img = to_uint8_tensor(image)
-        H, W = img.shape[-2:]
+        W, H = image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
         xyxy = xywh_to_xyxy(boxes_xywh.float())
         texts = list(texts)
         if self.train:
@@ -180,7 +249,10 @@ class BoxAwareTransform:
             x0, y0, x1, y1 = 0, 0, W, H
         boxes = tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(H, W), clamping_mode="hard")
         area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-        img = F.crop(img, y0, x0, y1 - y0, x1 - x0)
+        if isinstance(image, Image.Image):  # only the window is converted (a JPEG: maybe drafted)
+            img = decode_crop(image, (y0, x0, y1 - y0, x1 - x0), (self.res, self.res), self.draft and self.train)
+        else:
+            img = F.crop(image, y0, x0, y1 - y0, x1 - x0)
         boxes = F.clamp_bounding_boxes(F.crop(boxes, y0, x0, y1 - y0, x1 - x0))
         visible = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
         keep = visible / area > self.min_perc

@@ -136,7 +136,8 @@ def load_frames(source: str | bytes | Sequence[str | bytes], n_samples: int, tra
     if not isinstance(source, list | tuple) or not source:
         raise BadSample(f"{where}: video frame list is empty or not a list")
     picks = sample_frame_indices(len(source), n_samples, training, rng)
-    frames = [F.pil_to_tensor(load_image(source[i], is_path=is_path, root=root, where=where)) for i in picks]
+    frames = [F.pil_to_tensor(load_image(source[i], is_path=is_path, root=root, where=where, defer=False))
+              for i in picks]
     if len({f.shape for f in frames}) != 1:
         frames = [F.resize(f, list(frames[0].shape[-2:]), antialias=True) for f in frames]
     return torch.stack(frames)

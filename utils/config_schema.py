@@ -98,6 +98,7 @@ RULES: dict[str, Rule] = {
     "data.crop_scale_pretrain": Rule("range", 0.0, 1.0, open_lo=True),
     "data.crop_scale_finetune": Rule("range", 0.0, 1.0, open_lo=True),
     "data.randaugment_magnitude": _int(0, 10),
+    "data.randaugment_kernels": _one_of("pil", "tensor"),
     "data.hflip": _one_of("swap", "careful", "none"),
     "data.jpeg_draft": Rule("bool"),
     "data.num_workers": NON_NEGATIVE, "data.max_bad_fraction": FRACTION, "data.bad_window": POSITIVE,
