@@ -48,7 +48,7 @@ def main() -> None:
     if dist_info.is_main:
         print("final losses: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
         # the final weights, whatever train.ckpt_every: loadable with --checkpoint / models.load_model(output_dir)
-        weights = save_checkpoint_weights(model, cfg["output_dir"])
+        weights = save_checkpoint_weights(model, cfg["output_dir"], trainer.engine.export_weights())
         print(f"final weights: {weights}")
     results = zero_shot_eval(cfg, trainer.model, tokenizer, dist_info.device, dist_info)
     if results and dist_info.is_main:

@@ -27,8 +27,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 
-import webdataset as wds
-from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dataset.io import BadSample
@@ -93,6 +91,7 @@ def media_members(value: bytes | list | dict, image_ext: str = "jpg") -> dict[st
 
 def expand_shards(spec: str | Sequence[str]) -> list[str]:
     """Shard list from paths, brace patterns (``a-{000..009}.tar``), globs, or folders of ``.tar`` files."""
+    from braceexpand import braceexpand  # here: only shard users need it installed (as webdataset below)
     specs = [spec] if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for s in specs:
@@ -146,6 +145,7 @@ class ShardStream(IterableDataset):
         def by_rank(src):
             return islice(src, rank, None, world)
 
+        import webdataset as wds
         pipeline = wds.WebDataset(shards, shardshuffle=False, nodesplitter=by_rank,
                                   workersplitter=wds.split_by_worker, handler=self._handler, empty_check=False)
         if self.shuffle and self.shuffle_buffer > 1:
@@ -200,6 +200,7 @@ def write_shards(records: Iterable[dict], pattern: str, image_key: str = "binary
                  image_ext: str = "jpg") -> list[str]:
     """Write records as shards ``pattern % k``; returns the shard paths. The media under ``image_key`` is image
     bytes, a list of frame bytes, a list of clips, or ready-made members (see :func:`media_members`)."""
+    import webdataset as wds
     os.makedirs(os.path.dirname(pattern) or ".", exist_ok=True)
     written: list[str] = []
     with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:

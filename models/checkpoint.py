@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import nn
 
@@ -409,6 +409,18 @@ def load_vision_weights(encoder: BEiT2VisionEncoder, path: str | os.PathLike,
     return load_state_into(encoder, state, str(path), vision_prefix="")
 
 
-def save_checkpoint_weights(model: nn.Module, output_dir: str | os.PathLike) -> Path:
-    """Write the model's weights as ``model.safetensors`` (tied weights stored once), atomically."""
-    return atomic_write(Path(output_dir) / WEIGHTS_NAME, lambda tmp: save_model(model, str(tmp)))
+def save_checkpoint_weights(model: nn.Module, output_dir: str | os.PathLike,
+                            weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the model's weights as ``model.safetensors`` (tied weights stored once), atomically. ``weights``: a
+    state dict of ``model``'s keys to write instead of its own tensors (a training engine's export,
+    :meth:`utils.engine.TrainEngine.export_weights`); tied keys are stored once, under the name safetensors keeps."""
+    if weights is None:
+        return atomic_write(Path(output_dir) / WEIGHTS_NAME, lambda tmp: save_model(model, str(tmp)))
+    own = model.state_dict()
+    if set(weights) != set(own):
+        raise ValueError(f"weights to save do not match the model's keys (missing {sorted(set(own) - set(weights))[:3]}"
+                         f", extra {sorted(set(weights) - set(own))[:3]})")
+    keep = {min(group) for group in alias_groups(model).values()}
+    tensors = {k: v.detach().contiguous() for k, v in weights.items() if k in keep}
+    return atomic_write(Path(output_dir) / WEIGHTS_NAME,
+                        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))

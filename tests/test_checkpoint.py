@@ -550,3 +550,22 @@ def test_trusted_checkpoint_option_from_the_command_line(tmp_path: Path) -> None
     trusted = run("--trusted-checkpoint")
     assert trusted.returncode == 0, trusted.stderr[-3000:]
     assert f"checkpoint {path}: " in trusted.stdout and "keys loaded" in trusted.stdout
+
+
+def test_saving_given_weights_writes_what_the_model_would(tmp_path: Path) -> None:
+    """``save_checkpoint_weights(model, dir, weights)`` (a training engine's export) writes the same file content as
+    saving the model itself: the same keys (tied weights once, under safetensors' name) and tensors; weights with
+    other keys are refused in one line."""
+    from safetensors.torch import load_file
+
+    from models.checkpoint import save_checkpoint_weights
+    cfg = load_config(ROOT / "configs" / "models" / "tiny.yaml")
+    torch.manual_seed(0)
+    model = X2VLM.from_config(cfg)
+    own = load_file(save_checkpoint_weights(model, tmp_path / "own"))
+    exported = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    given = load_file(save_checkpoint_weights(model, tmp_path / "given", exported))
+    assert given.keys() == own.keys() and len(own) < len(exported)  # a tied pair is stored once
+    assert all(torch.equal(given[k], own[k]) for k in own)
+    with pytest.raises(ValueError, match="do not match the model's keys"):
+        save_checkpoint_weights(model, tmp_path / "bad", {k: v for k, v in exported.items() if k != "temp"})

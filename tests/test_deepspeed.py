@@ -164,3 +164,29 @@ def test_consolidation_reads_shards_weights_only(tmp_path: Path) -> None:
         torch.load(path, weights_only=False)
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == before
     assert isinstance(torch.load(path, weights_only=False)["args"], argparse.Namespace)  # outside: as before
+
+
+def test_pretraining_run_ends_with_fp32_weights_in_the_models_shapes(tmp_path: Path) -> None:
+    """``Pretrain.py`` under DeepSpeed writes ``model.safetensors`` at the end: the fp32 master weights of the final
+    step checkpoint, 0-dim parameters in their own shape (the module's are bf16 views of DeepSpeed's buffers with the
+    temperature lifted to (1,), which safetensors refuses to write)."""
+    from safetensors.torch import load_file
+
+    from dataset.synthetic import generate
+    files = generate(tmp_path / "syn", seed=0, n_images=48, n_videos=0)
+    root = files["root"]
+    out = tmp_path / "run"
+    overrides = [f"data.root={root}", f"model.text.tokenizer={files['vocab']}",
+                 f"data.train_file=[{root}/pretrain/image_text.jsonl]",
+                 f"data.train_file_regions=[{root}/pretrain/regions.jsonl]", "eval.retrieval_file=[]",
+                 "eval.grounding_file=[]", *DS, "train.steps=2", "train.log_every=1", "train.ckpt_every=100",
+                 "data.num_workers=0"]
+    cmd = [sys.executable, str(ROOT / "Pretrain.py"), "--config", str(ROOT / "configs" / "pretrain" / "demo.yaml"),
+           "--output_dir", str(out), "--device", "cpu"] + [a for o in overrides for a in ("--override", o)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = load_file(out / "model.safetensors")
+    step = torch.load(out / "checkpoints" / "step_00000002.pt", weights_only=True)["model"]
+    assert weights["temp"].shape == () and {v.dtype for v in weights.values()} == {torch.float32}
+    assert all(torch.equal(v, step[k]) for k, v in weights.items())

@@ -230,6 +230,7 @@ class DeepSpeedEngine(TrainEngine):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: dict, dist_info: DistInfo):
         self.model = model
         self._shapes = {k: v.shape for k, v in model.state_dict().items()}  # before 0-dim parameters are lifted
+        self._checkpointed: dict[str, torch.Tensor] | None = None  # rank 0: the weights of the last checkpoint
         self.wrapped, self._ds_optimizer = init_engine(model, optimizer, cfg)
         self.input_dtype = DTYPES[cfg["train"]["precision"]]
         # step checkpoints keep the DDP layout's "scaler" entry (DeepSpeed keeps its own loss scale in its shards)
@@ -238,6 +239,7 @@ class DeepSpeedEngine(TrainEngine):
             self.wrapped.compile()  # DeepSpeed compiles its wrapped module in place
 
     def forward_backward(self, batch: dict[str, Any], last_micro: bool) -> dict[str, torch.Tensor]:
+        self._checkpointed = None  # the weights change: the last step checkpoint's copy is stale
         out = self.wrapped(batch)
         self.wrapped.backward(out["loss"])  # DeepSpeed divides by the accumulation steps itself
         self.wrapped.step()  # a no-op except at the accumulation boundary
@@ -248,7 +250,16 @@ class DeepSpeedEngine(TrainEngine):
         overflow check)."""
 
     def checkpoint_state(self, checkpoint: Path) -> dict[str, Any]:
-        return {"scaler": self._scaler_state, "model": save_shards(self.wrapped, checkpoint, self._shapes)}
+        self._checkpointed = save_shards(self.wrapped, checkpoint, self._shapes)
+        return {"scaler": self._scaler_state, "model": self._checkpointed}
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """The fp32 master weights of the step checkpoint written after the last step (the trainer writes one when
+        training ends); else the module's own (bf16 / fp16) values in fp32. In the model's shapes either way
+        (0-dim parameters back from (1,)), as separate tensors (the module's are views of DeepSpeed's buffers)."""
+        if self._checkpointed is not None:
+            return self._checkpointed
+        return {k: v.detach().float().reshape(self._shapes[k]).clone() for k, v in self.model.state_dict().items()}
 
     def load(self, checkpoint: Path, state: dict[str, Any], trusted: bool | None) -> None:
         load_shards(self.wrapped, checkpoint, trusted=trusted)

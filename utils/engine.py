@@ -60,6 +60,11 @@ class TrainEngine(abc.ABC):
         compare before loading (its own load is strict)."""
         return []
 
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """The model's current weights as a plain state dict in its own shapes, for ``model.safetensors``; None
+        when the model's own tensors are that (an engine that keeps them elsewhere, or in another form, says)."""
+        return None
+
 
 class DDPEngine(TrainEngine):
     """Plain PyTorch: the model itself in one process, :class:`DistributedDataParallel` over several; autocast

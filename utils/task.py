@@ -141,7 +141,7 @@ def finetune(ctx: TaskContext, model: nn.Module, train_loader: DataLoader,
         metrics = evaluate()
         epoch = math.ceil(trainer.step / per_epoch)
         trainer.log({"event": "epoch_eval", "epoch": epoch, "step": trainer.step, **metrics})
-        tracker.update(model, epoch, trainer.step, metrics)
+        tracker.update(model, epoch, trainer.step, metrics, trainer.engine.export_weights)
     tracker.restore_best(model)
     return trainer
 
@@ -156,8 +156,10 @@ class BestTracker:
         self.record_path = ctx.output_dir / "best.json"
         self.best = json.loads(self.record_path.read_text()) if metric and self.record_path.exists() else None
 
-    def update(self, model: nn.Module, epoch: int, step: int, metrics: dict[str, float]) -> bool:
-        """Save ``model`` if ``metrics[metric]`` beats the best so far; True if it did."""
+    def update(self, model: nn.Module, epoch: int, step: int, metrics: dict[str, float],
+               export: Callable[[], dict[str, torch.Tensor] | None] = lambda: None) -> bool:
+        """Save ``model`` if ``metrics[metric]`` beats the best so far (``export``: the training engine's
+        :meth:`~utils.engine.TrainEngine.export_weights`); True if it did."""
         if not self.metric:
             return False
         if self.metric not in metrics:
@@ -168,7 +170,7 @@ class BestTracker:
             return False
         self.best = {"metric": self.metric, "value": value, "epoch": epoch, "step": step, "metrics": metrics}
         if self.ctx.dist.is_main:
-            save_checkpoint_weights(model, self.ctx.output_dir / "best")
+            save_checkpoint_weights(model, self.ctx.output_dir / "best", export())
             write_json_atomic(self.record_path, self.best)
         return True
 
@@ -196,16 +198,18 @@ def train_task(ctx: TaskContext, model: nn.Module, task: str, collate,
         train_set = create_dataset(task, cfg, "train", ctx.tokenizer, rank, world)
         loader = create_loader(train_set, d["finetune"]["batch_size_train"], collate, d["num_workers"], True, rank,
                                world, cfg["seed"])
-        finetune(ctx, model, loader, evaluate)
-        save_final_weights(ctx, model)
+        trainer = finetune(ctx, model, loader, evaluate)
+        save_final_weights(ctx, model, trainer.engine.export_weights())
     model.to(ctx.dist.device)
 
 
-def save_final_weights(ctx: TaskContext, model: nn.Module) -> Path | None:
-    """``output_dir/model.safetensors`` (rank 0) — loadable with ``--checkpoint`` by every task script."""
+def save_final_weights(ctx: TaskContext, model: nn.Module, weights: dict[str, torch.Tensor] | None = None
+                       ) -> Path | None:
+    """``output_dir/model.safetensors`` (rank 0) — loadable with ``--checkpoint`` by every task script; ``weights``
+    as in :func:`models.checkpoint.save_checkpoint_weights`."""
     if not ctx.dist.is_main:
         return None
-    return save_checkpoint_weights(model, ctx.output_dir)
+    return save_checkpoint_weights(model, ctx.output_dir, weights)
 
 
 def gather_unique(records: list[dict], key: str) -> list[dict]:
