@@ -13,6 +13,15 @@ measures that side).
     python benchmarks/pretrain_throughput.py --preset fiber_tiny --batch 16
     # GPU, the base model at the 4M recipe's per-GPU batch (128 pairs + 50 region images / 128 region texts)
     python benchmarks/pretrain_throughput.py --preset x2vlm_base --batch 128 --precision bf16 --device cuda
+    # GPU, eager / compiled / CUDA-graphed (torch.compile mode reduce-overhead), with FLOPs per step for MFU
+    python benchmarks/pretrain_throughput.py --preset x2vlm_base --batch 128 --precision bf16 --device cuda \
+        --compile off,default,reduce-overhead --no-baseline --flops
+
+``--compile`` takes ``off``, ``on`` (``--compile-mode``'s mode) or a torch.compile mode by name (``default``,
+``reduce-overhead`` — CUDA graphs —, ``max-autotune``, ``max-autotune-no-cudagraphs``); ``--compile-backend`` other
+than inductor (``eager``, ``aot_eager``: quick plumbing checks on CPU) ignores the mode. ``--flops`` counts the
+FLOPs of one more step of the bare (uncompiled) model with ``torch.utils.flop_counter.FlopCounterMode`` after the
+timed steps (``flops_per_step``, ``gflops_per_text``: model FLOPs, the same whatever the compile mode).
 
 Every configuration runs in its own fresh subprocess, so peak memory is per configuration: the CUDA
 allocator peak (``torch.cuda.max_memory_allocated``, timed steps only) on GPU, and the process's peak RSS
@@ -108,7 +117,10 @@ def region_images_default(batch: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- one run
-def measure(args: argparse.Namespace, precision: str, compiled: bool) -> dict[str, Any]:
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def measure(args: argparse.Namespace, precision: str, compile_mode: str | None) -> dict[str, Any]:
     """Build the model and optimiser, run warm-up + timed steps of one configuration, return its row."""
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -123,7 +135,15 @@ def measure(args: argparse.Namespace, precision: str, compiled: bool) -> dict[st
     model = X2VLM.from_config(cfg, load_weights=False).to(device).train()
     optimizer = build_optimizer(model, cfg["optimizer"], model.fresh_parameters)
     scheduler = build_scheduler(optimizer, cfg["scheduler"], cfg["train"]["steps"])
-    engine = torch.compile(model, mode=args.compile_mode) if compiled else model
+    compiled = compile_mode is not None
+    if not compiled:
+        engine = model
+    elif args.compile_backend == "inductor":
+        engine = torch.compile(model, mode=compile_mode)
+    else:  # eager / aot_eager: dynamo tracing only (no mode)
+        engine = torch.compile(model, backend=args.compile_backend)
+    graphed = (compiled and args.compile_backend == "inductor" and device.type == "cuda"
+               and compile_mode in ("reduce-overhead", "max-autotune"))  # the modes that use CUDA graphs
     region_images = args.region_images if args.region_images >= 0 else region_images_default(args.batch)
     region_rows = args.region_rows if args.region_rows >= 0 else (args.batch if region_images else 0)
     batch = synthetic_batch(model, args.batch, region_images, region_rows, args.text_len, args.masks, device)
@@ -136,10 +156,13 @@ def measure(args: argparse.Namespace, precision: str, compiled: bool) -> dict[st
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def step(i: int) -> dict[str, torch.Tensor]:
-        batch["sample_seed"] = 1_000_003 * 42 + i  # as the trainer: seeds the ITM negative draws
+    def step(i: int, net: Any = engine) -> dict[str, torch.Tensor]:
+        if graphed:  # CUDA graph trees: a new training iteration starts here
+            torch.compiler.cudagraph_mark_step_begin()
+        # as the trainer: a 0-d device tensor (a Python int would recompile a compiled step) seeds the ITM negatives
+        batch["sample_seed"] = torch.full((), 1_000_003 * 42 + i, dtype=torch.int64, device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = engine(batch)
+            out = net(batch)
         out["loss"].backward()
         if not bool(torch.isfinite(out["loss"].detach())):  # the trainer's non-finite check (a device sync)
             raise FloatingPointError(f"non-finite loss at step {i}: {out['loss'].item()}")
@@ -171,14 +194,25 @@ def measure(args: argparse.Namespace, precision: str, compiled: bool) -> dict[st
     if compiled:
         from torch._dynamo.utils import counters
         dynamo = {"dynamo_graphs": int(counters["stats"]["unique_graphs"]),
-                  "dynamo_graph_breaks": int(sum(counters["graph_break"].values()))}
+                  "dynamo_graph_breaks": int(sum(counters["graph_break"].values())),
+                  "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"])}
     if device.type == "cuda":
         peak, peak_kind = torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
     else:
         peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process_peak_rss"  # KiB
+    flops = {}
+    if args.flops:  # model FLOPs of one step of the bare model (the same whatever the compile mode)
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = step(args.warmup + args.steps, model)
+        sync()
+        total = int(counter.get_total_flops())
+        flops = {"flops_per_step": total, "gflops_per_text": round(total / n_texts / 1e9, 3),
+                 "achieved_tflops": round(total / median / 1e12, 3)}
     return {
         "preset": args.preset, "precision": precision, "compile": compiled,
-        "compile_mode": args.compile_mode if compiled else None,
+        "compile_mode": compile_mode, "compile_backend": args.compile_backend if compiled else None,
         "images": n_images, "image_text_pairs": args.batch, "region_images": region_images,
         "texts": n_texts, "region_rows": region_rows, "text_len": args.text_len, "masks": args.masks,
         "image_res": cfg["model"]["image_res"], "clip_grad": clip,
@@ -191,18 +225,19 @@ def measure(args: argparse.Namespace, precision: str, compiled: bool) -> dict[st
         "images_per_s": round(n_images / median, 2), "texts_per_s": round(n_texts / median, 2),
         "peak_mem_gib": round(peak, 3), "peak_mem_kind": peak_kind,
         "rss_after_build_gib": round(rss_built, 3) if device.type == "cpu" else None,
-        **dynamo,
+        **dynamo, **flops,
         "final_losses": {k: round(float(v.detach()), 4) for k, v in out.items()},
     }
 
 
 # ---------------------------------------------------------------------------------------------- the matrix
-def child_command(args: argparse.Namespace, precision: str, compiled: bool) -> list[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--single", f"{precision}:{int(compiled)}"]
+def child_command(args: argparse.Namespace, precision: str, compile_mode: str | None) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--single", f"{precision}:{compile_mode or 'off'}"]
     for flag, value in (("--preset", args.preset), ("--batch", args.batch), ("--region-images", args.region_images),
                         ("--region-rows", args.region_rows), ("--text-len", args.text_len),
                         ("--masks", args.masks), ("--image-res", args.image_res), ("--device", args.device),
-                        ("--compile-mode", args.compile_mode), ("--warmup", args.warmup), ("--steps", args.steps)):
+                        ("--compile-mode", args.compile_mode), ("--compile-backend", args.compile_backend),
+                        ("--warmup", args.warmup), ("--steps", args.steps)):
         cmd += [flag, str(value)]
     if args.clip_grad is not None:
         cmd += ["--clip-grad", str(args.clip_grad)]
@@ -210,25 +245,27 @@ def child_command(args: argparse.Namespace, precision: str, compiled: bool) -> l
         cmd += ["--threads", str(args.threads)]
     if not args.tf32:
         cmd += ["--no-tf32"]
+    if args.flops:
+        cmd += ["--flops"]
     for o in args.override:
         cmd += ["--override", o]
     return cmd
 
 
-def run_child(args: argparse.Namespace, precision: str, compiled: bool) -> dict[str, Any]:
+def run_child(args: argparse.Namespace, precision: str, compile_mode: str | None) -> dict[str, Any]:
     """One configuration in a fresh interpreter; its row is the last stdout line (JSON)."""
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(child_command(args, precision, compiled), capture_output=True, text=True,
+        proc = subprocess.run(child_command(args, precision, compile_mode), capture_output=True, text=True,
                               timeout=args.config_timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return {"precision": precision, "compile": compiled,
+        return {"precision": precision, "compile": compile_mode is not None, "compile_mode": compile_mode,
                 "error": f"timed out after {args.config_timeout}s (--config-timeout)"}
     wall = time.perf_counter() - t0
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"precision": precision, "compile": compiled,
+        return {"precision": precision, "compile": compile_mode is not None, "compile_mode": compile_mode,
                 "error": f"exit {proc.returncode}: " + " | ".join(tail)}
     row = json.loads(lines[-1])
     row["process_wall_s"] = round(wall, 1)
@@ -243,12 +280,12 @@ def add_ratios(rows: list[dict[str, Any]], baseline: dict[str, Any] | None) -> N
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = [("precision", 9), ("compile", 7), ("step_ms_median", 14), ("images_per_s", 12),
+    cols = [("precision", 9), ("compile_mode", 15), ("step_ms_median", 14), ("images_per_s", 12),
             ("speedup_vs_fp32_eager", 21), ("peak_mem_gib", 12), ("mem_vs_fp32_eager", 17), ("warmup_s", 8)]
     print(" | ".join(name.ljust(w) for name, w in cols))
     for row in rows:
         if "error" in row:
-            print(f"{row['precision']:<9} | {str(row['compile']):<7} | ERROR {row['error']}")
+            print(f"{row['precision']:<9} | {str(row.get('compile_mode')):<15} | ERROR {row['error']}")
             continue
         print(" | ".join(str(row.get(name)).ljust(w) for name, w in cols))
 
@@ -276,8 +313,14 @@ def main() -> None:
     p.add_argument("--masks", type=int, default=12, help="MLM positions per text (the recipes' max_masks)")
     p.add_argument("--image-res", type=int, default=0, help="override the preset's resolution")
     p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
-    p.add_argument("--compile", default="off,on", help="comma list of off, on (torch.compile the model)")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune, ...)")
+    p.add_argument("--compile", default="off,on",
+                   help="comma list of off, on (torch.compile with --compile-mode) and mode names: "
+                        + ", ".join(COMPILE_MODES) + " (reduce-overhead: CUDA graphs)")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode of 'on' (default, max-autotune, ...)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (inductor; eager / aot_eager trace only, the mode is ignored)")
+    p.add_argument("--flops", action="store_true",
+                   help="count the FLOPs of one more step (FlopCounterMode, bare model): flops_per_step")
     p.add_argument("--no-baseline", action="store_true", help="do not add the fp32 / compile-off reference run")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda or cpu (default: cuda when available)")
@@ -296,21 +339,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     if args.single:
-        precision, compiled = args.single.split(":")
-        print(json.dumps(measure(args, precision, bool(int(compiled)))), flush=True)
+        precision, mode = args.single.split(":")
+        print(json.dumps(measure(args, precision, None if mode in ("off", "0") else mode)), flush=True)
         return
 
     precisions = parse_list(args.precision, {k: k for k in DTYPES})
-    compiles = parse_list(args.compile, {"off": False, "on": True})
+    compiles = parse_list(args.compile, {"off": None, "on": args.compile_mode, **{m: m for m in COMPILE_MODES}})
     matrix = [(pr, c) for pr in precisions for c in compiles]
-    if not args.no_baseline and ("fp32", False) not in matrix:
-        matrix.insert(0, ("fp32", False))
-    matrix.sort(key=lambda pc: (pc != ("fp32", False),))  # baseline first
+    if not args.no_baseline and ("fp32", None) not in matrix:
+        matrix.insert(0, ("fp32", None))
+    matrix.sort(key=lambda pc: (pc != ("fp32", None),))  # baseline first
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     rows = []
-    for precision, compiled in matrix:
-        print(f"[{precision}, compile {'on' if compiled else 'off'}] ...", flush=True)
-        row = run_child(args, precision, compiled)
+    for precision, compile_mode in matrix:
+        print(f"[{precision}, compile {compile_mode or 'off'}] ...", flush=True)
+        row = run_child(args, precision, compile_mode)
         row["run_id"] = run_id
         rows.append(row)
     baseline = next((r for r in rows if r["precision"] == "fp32" and not r["compile"]), None)

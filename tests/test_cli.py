@@ -21,6 +21,9 @@ SCRIPTS = ["run.py", "Pretrain.py", "Retrieval.py", "VQA.py", "NLVR.py", "Ground
            "scripts/demo.py", "scripts/winoground.py", "scripts/convert_datasets.py", "scripts/json_to_wds.py",
            "scripts/plot_log.py", "scripts/config_reference.py", "scripts/draw_architecture.py",
            "benchmarks/data_throughput.py", "benchmarks/pretrain_throughput.py", "benchmarks/retrieval_rerank.py",
+           "benchmarks/op_count.py", "benchmarks/loader_per_core.py", "benchmarks/smoke_tasks.py",
+           "benchmarks/official_step.py", "benchmarks/pretrain_compare.py", "benchmarks/env_report.py",
+           "benchmarks/gpu_suite_report.py",
            "dataset/synthetic.py", "scripts/build_vocab.py"]
 
 
