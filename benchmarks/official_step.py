@@ -20,10 +20,13 @@ import importlib.util
 import json
 import os
 import statistics
-import time
+import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder only: the repository root's utils / models
+from steptimer import time_steps  # noqa: E402  (would shadow the official code's packages)
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = "official_pretrain_step.py"
@@ -114,20 +117,8 @@ def main() -> None:
             torch.compiler.cudagraph_mark_step_begin()
         return bench.train_step(net, optimizer, scaler, img[i % 2], reg[i % 2], amp_dtype, device.type)
 
-    t0 = time.perf_counter()
-    loss = None
-    for i in range(args.warmup):
-        loss = step(i)
-    sync()
-    warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(args.steps):
-        t = time.perf_counter()
-        loss = step(args.warmup + i)
-        sync()
-        times.append(time.perf_counter() - t)
+    timed = time_steps(step, args.warmup, args.steps, device)
+    loss, times, warmup_s = timed.last, timed.times, timed.warmup_s
     median = statistics.median(times)
     texts = args.batch * (2 if args.mode == "mixed" else 1)
     images = args.batch + (args.region_images if args.mode == "mixed" else 0)

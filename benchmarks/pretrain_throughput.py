@@ -51,6 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.steptimer import time_steps  # noqa: E402
 from models.x2vlm import X2VLM  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.optim import build_optimizer, build_scheduler  # noqa: E402
@@ -156,6 +157,8 @@ def measure(args: argparse.Namespace, precision: str, compile_mode: str | None) 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    finite = torch.ones((), dtype=torch.bool, device=device)
+
     def step(i: int, net: Any = engine) -> dict[str, torch.Tensor]:
         if graphed:  # CUDA graph trees: a new training iteration starts here
             torch.compiler.cudagraph_mark_step_begin()
@@ -164,8 +167,7 @@ def measure(args: argparse.Namespace, precision: str, compile_mode: str | None) 
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = net(batch)
         out["loss"].backward()
-        if not bool(torch.isfinite(out["loss"].detach())):  # the trainer's non-finite check (a device sync)
-            raise FloatingPointError(f"non-finite loss at step {i}: {out['loss'].item()}")
+        finite.logical_and_(torch.isfinite(out["loss"].detach()))  # on the device, as the trainer: no sync here
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
@@ -175,20 +177,10 @@ def measure(args: argparse.Namespace, precision: str, compile_mode: str | None) 
         return out
 
     rss_built = rss_gib()
-    t0 = time.perf_counter()
-    out: dict[str, torch.Tensor] = {}
-    for i in range(args.warmup):
-        out = step(i)
-    sync()
-    warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(args.warmup, args.warmup + args.steps):
-        t = time.perf_counter()
-        out = step(i)
-        sync()
-        times.append(time.perf_counter() - t)
+    timed = time_steps(step, args.warmup, args.steps, device)
+    out, times, warmup_s = timed.last, timed.times, timed.warmup_s
+    if not bool(finite):  # the trainer's non-finite check, read once (it reads at each log record)
+        raise FloatingPointError(f"non-finite loss in the steps; the last: {out['loss'].item()}")
     median = statistics.median(times)
     dynamo = {}
     if compiled:

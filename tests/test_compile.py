@@ -45,7 +45,7 @@ def test_pretraining_step_is_one_graph(preset: str) -> None:
     assert explanation.graph_count == 1
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("fiber_tiny", marks=pytest.mark.slow)])
 def test_compiled_step_gives_the_eager_losses_and_gradients(preset: str) -> None:
     """Forward + losses + backward through dynamo and AOTAutograd (the ``aot_eager`` backend: the joint graph
     without Inductor's code generation, whose kernels round differently), ``fullgraph=True``."""

@@ -120,6 +120,7 @@ class Planted:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
+@pytest.mark.slow
 def test_shard_with_a_planted_object_is_refused(tmp_path: Path) -> None:
     """--resume reads the ZeRO shards with weights_only=True: an object other than tensors, plain containers and
     DeepSpeed's own shard classes stops the run with one line naming the file and the override, and never runs."""
@@ -166,6 +167,7 @@ def test_consolidation_reads_shards_weights_only(tmp_path: Path) -> None:
     assert isinstance(torch.load(path, weights_only=False)["args"], argparse.Namespace)  # outside: as before
 
 
+@pytest.mark.slow
 def test_pretraining_run_ends_with_fp32_weights_in_the_models_shapes(tmp_path: Path) -> None:
     """``Pretrain.py`` under DeepSpeed writes ``model.safetensors`` at the end: the fp32 master weights of the final
     step checkpoint, 0-dim parameters in their own shape (the module's are bf16 views of DeepSpeed's buffers with the
