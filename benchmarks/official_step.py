@@ -41,18 +41,26 @@ def harness_path() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def official_code_present() -> bool:
+    """Whether the harness and the (git-ignored, so absent on a fresh clone) official code are both here."""
+    return harness_path() is not None and (Path(os.environ.get("X2VLM_OFFICIAL", ROOT / "bench_official"))
+                                           / "models").is_dir()
+
+
 def load_harness() -> ModuleType:
     path = harness_path()
     if path is None:
         raise SystemExit(f"official_step.py: no {HARNESS} (looked at $X2VLM_OFFICIAL_BENCH, bench_official/, "
-                         "../shared/bench/, shared/bench/); copy it into bench_official/")
+                         "../shared/bench/, shared/bench/); copy it into bench_official/ (docs/performance.md, "
+                         "the GPU check)")
     os.environ.setdefault("X2VLM_OFFICIAL", str(ROOT / "bench_official"))
     spec = importlib.util.spec_from_file_location("official_pretrain_step", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not os.path.isdir(module.OFFICIAL):
-        raise SystemExit(f"official_step.py: the official code is not at {module.OFFICIAL} (X2VLM_OFFICIAL)")
+        raise SystemExit(f"official_step.py: the official code is not at {module.OFFICIAL} (X2VLM_OFFICIAL; it is "
+                         "git-ignored: make it as docs/performance.md says under the GPU check)")
     return module
 
 
