@@ -117,22 +117,26 @@ class LaggedMax:
             done.record()
         else:
             host, done = t, None
-        previous, self._pending = self._pending, (host, done)
-        if previous is None:
-            return 0
-        if previous[1] is not None:
-            previous[1].synchronize()
-        return int(previous[0][0])
+        previous = self._take_pending()
+        self._pending = (host, done)
+        return previous
 
     def now(self, value: int) -> int:
         """The largest of every rank's ``value`` at once (waits for the device), and of any vote still pending."""
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return value
-        pending = self(value)
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        self._pending = None
-        return max(pending, int(t.item()))
+        return max(self._take_pending(), int(t.item()))
+
+    def _take_pending(self) -> int:
+        """The result of the vote started last (0 if none), which then counts as read."""
+        if self._pending is None:
+            return 0
+        (host, done), self._pending = self._pending, None
+        if done is not None:
+            done.synchronize()
+        return int(host[0])
 
 
 class CollectiveTimeout(ExitWithMessage):
